@@ -1,0 +1,59 @@
+"""mmdemo: try and compare image-captioning and text-to-image models.
+
+Two entry points create any registered model by id::
+
+    import mmdemo
+    captioner = mmdemo.load_captioner("resnet18-xattn", profile="demo")
+    captioner.caption([image])                      # -> ["a small red circle on the left ..."]
+    generator = mmdemo.load_generator("pixel-diffusion", profile="demo")
+    generator.generate("a red circle", seed=0)      # -> PIL.Image
+
+An unknown id fails and lists the valid ones; a registered model that has not landed yet raises
+:class:`ModelNotImplemented`; weights that cannot be found raise :class:`WeightsUnavailable`, whose
+message says where we looked and what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, ModelSpec, get_spec
+from mmdemo.weights import ModelNotImplemented, Profile, WeightsUnavailable, resolve
+
+if TYPE_CHECKING:
+    from mmdemo.interfaces import Captioner, Generator
+
+__all__ = [
+    "CAPTIONER_IDS",
+    "GENERATOR_IDS",
+    "REGISTRY",
+    "ModelNotImplemented",
+    "WeightsUnavailable",
+    "adapter_class",
+    "get_spec",
+    "load_captioner",
+    "load_generator",
+]
+
+
+def adapter_class(spec: ModelSpec) -> type:
+    """The class implementing ``spec``'s interface, imported on first use (heavy libraries stay unloaded)."""
+    if spec.adapter is None:
+        raise ModelNotImplemented(spec)
+    module_name, _, class_name = spec.adapter.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_captioner(model_id: str, profile: Profile = "auto", *, device: str | None = None) -> Captioner:
+    """Build captioner ``model_id`` with the weights ``profile`` resolves to."""
+    spec = get_spec(model_id, "captioner")
+    cls = adapter_class(spec)
+    return cls.load(spec, resolve(model_id, profile), device=device)
+
+
+def load_generator(model_id: str, profile: Profile = "auto", *, device: str | None = None) -> Generator:
+    """Build generator ``model_id`` with the weights ``profile`` resolves to."""
+    spec = get_spec(model_id, "generator")
+    cls = adapter_class(spec)
+    return cls.load(spec, resolve(model_id, profile), device=device)

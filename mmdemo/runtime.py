@@ -1,0 +1,176 @@
+"""The one object that owns loaded models and device memory.
+
+Models load lazily, once, even when several requests ask for the same one at the same time (a lock
+per model id). On a GPU a memory budget keeps the models in use resident and offloads the least
+recently used ones to the CPU, so all nine fit on one 24 GB card by taking turns. A model in use
+by a request is never moved under it (``use`` counts users).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mmdemo.registry import get_spec
+from mmdemo.weights import Profile
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def module_bytes(model: Any) -> int:
+    """Bytes of parameters and buffers of every ``torch.nn.Module`` held by ``model`` (one level deep)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    candidates = [model, *vars(model).values()] if hasattr(model, "__dict__") else [model]
+    for candidate in candidates:
+        modules = getattr(candidate, "components", None)  # a diffusers pipeline holds its modules there
+        for module in modules.values() if isinstance(modules, dict) else [candidate]:
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for tensor in [*module.parameters(), *module.buffers()]:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    device: str
+    bytes: int
+    load_seconds: float
+    users: int = 0
+
+
+class ModelManager:
+    """Lazily loads models by id and keeps the GPU within ``gpu_budget_bytes``.
+
+    Args:
+        profile: weights profile for every model (``auto``, ``full`` or ``demo``).
+        device: where models run; default CUDA when available, else CPU.
+        gpu_budget_bytes: resident bytes allowed on the GPU before least-recently-used models are offloaded to
+            the CPU; default 90 % of the card. Ignored on CPU.
+        loader: ``loader(model_id, profile, device) -> model``; default :func:`mmdemo.load_captioner` /
+            :func:`mmdemo.load_generator` by the model's kind (tests pass a fake to exercise concurrency).
+    """
+
+    def __init__(
+        self,
+        profile: Profile = "auto",
+        *,
+        device: str | None = None,
+        gpu_budget_bytes: int | None = None,
+        loader: Callable[[str, Profile, str], Any] | None = None,
+    ):
+        self.profile = profile
+        self.device = device or default_device()
+        self.gpu_budget_bytes = gpu_budget_bytes if gpu_budget_bytes is not None else self._default_budget()
+        self._loader = loader or _load_by_kind
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self._state_lock = threading.Lock()  # guards _loaded and _load_locks
+        self._load_locks: dict[str, threading.Lock] = {}
+
+    def _default_budget(self) -> int:
+        if not self.device.startswith("cuda"):
+            return 0
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory * 0.9)
+
+    @contextlib.contextmanager
+    def use(self, model_id: str) -> Iterator[Any]:
+        """Yield the loaded model on its run device; it cannot be offloaded until the block ends."""
+        get_spec(model_id)  # unknown ids fail before any lock is taken
+        with self._state_lock:
+            load_lock = self._load_locks.setdefault(model_id, threading.Lock())
+        with load_lock:  # one loader per id; concurrent callers wait for it and then share the result
+            with self._state_lock:
+                entry = self._loaded.get(model_id)
+            if entry is None:
+                start = time.perf_counter()
+                model = self._loader(model_id, self.profile, self.device)
+                entry = LoadedModel(model, self.device, module_bytes(model), time.perf_counter() - start)
+                log.info("loaded %s in %.1fs (%.0f MB)", model_id, entry.load_seconds, entry.bytes / 2**20)
+            with self._state_lock:
+                self._loaded[model_id] = entry
+                self._loaded.move_to_end(model_id)
+                entry.users += 1
+            try:
+                self._make_room_and_place(model_id, entry)
+            except BaseException:
+                with self._state_lock:
+                    entry.users -= 1
+                raise
+        try:
+            yield entry.model
+        finally:
+            with self._state_lock:
+                entry.users -= 1
+
+    def get(self, model_id: str) -> Any:
+        """The loaded model (no usage pin: prefer :meth:`use` while running it)."""
+        with self.use(model_id) as model:
+            return model
+
+    def _make_room_and_place(self, model_id: str, entry: LoadedModel) -> None:
+        if not self.device.startswith("cuda"):
+            return
+        with self._state_lock:
+            resident = sum(
+                e.bytes for k, e in self._loaded.items() if e.device == self.device and k != model_id
+            )
+            victims = []
+            for other_id, other in self._loaded.items():  # oldest first
+                if resident + entry.bytes <= self.gpu_budget_bytes:
+                    break
+                if other_id != model_id and other.device == self.device and other.users == 0:
+                    victims.append((other_id, other))
+                    resident -= other.bytes
+        for other_id, other in victims:
+            log.info("offloading %s to CPU to make room for %s", other_id, model_id)
+            other.model = other.model.to("cpu")
+            other.device = "cpu"
+        if entry.device != self.device:
+            entry.model = entry.model.to(self.device)
+            entry.device = self.device
+
+    def loaded(self) -> dict[str, dict[str, Any]]:
+        """What is loaded where, for the About tab and the logs."""
+        with self._state_lock:
+            return {
+                k: {
+                    "device": e.device,
+                    "megabytes": round(e.bytes / 2**20, 1),
+                    "load_seconds": round(e.load_seconds, 2),
+                }
+                for k, e in self._loaded.items()
+            }
+
+    def unload(self, model_id: str) -> None:
+        with self._state_lock:
+            entry = self._loaded.get(model_id)
+            if entry is not None and entry.users == 0:
+                del self._loaded[model_id]
+
+
+def _load_by_kind(model_id: str, profile: Profile, device: str) -> Any:
+    import mmdemo
+
+    if get_spec(model_id).kind == "captioner":
+        return mmdemo.load_captioner(model_id, profile, device=device)
+    return mmdemo.load_generator(model_id, profile, device=device)

@@ -1,0 +1,242 @@
+"""What the app does, without the UI: caption an image, generate images, one record per model.
+
+Every function here takes plain Python values and a :class:`~mmdemo.runtime.ModelManager`, and
+never raises for a model's failure: each model's error is caught and put in its own record, so one
+failing model never breaks the others. Input mistakes (an empty prompt, an unreadable image) raise
+:class:`~mmdemo.inputs.InputError` once, before any model runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmdemo import inputs
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, get_spec
+from mmdemo.runtime import ModelManager
+from mmdemo.weights import ModelNotImplemented, WeightsUnavailable
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
+
+
+def _error_text(err: BaseException) -> str:
+    """What a panel shows for a failure: our own errors verbatim, anything else with its type."""
+    if isinstance(err, (WeightsUnavailable, ModelNotImplemented, inputs.InputError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _log_failure(action: str, model_id: str, err: BaseException) -> None:
+    if isinstance(err, (WeightsUnavailable, ModelNotImplemented, inputs.InputError)):
+        log.info("%s with %s: %s", action, model_id, err)  # expected states, explained in the panel
+    else:
+        log.warning("%s with %s failed:\n%s", action, model_id, traceback.format_exc())
+
+
+def _weights_label(model: Any) -> str:
+    weights = getattr(model, "weights", None)
+    return getattr(weights, "profile", "unknown")
+
+
+# ------------------------------------------------------------------------------------------------ captioning
+
+
+@dataclass
+class CaptionRecord:
+    model: str
+    caption: str | None
+    seconds: float | None
+    error: str | None = None
+    weights: str | None = None  # "demo" or "full"
+    bleu: dict[str, float] | None = None  # per-image BLEU against the references, when there are any
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def caption_targets(choice: str) -> list[str]:
+    """``"all"`` or one captioner id -> the ids to run."""
+    if choice == "all":
+        return list(CAPTIONER_IDS)
+    return [get_spec(choice, "captioner").id]
+
+
+def caption_image(
+    manager: ModelManager,
+    image: Any,
+    choice: str,
+    *,
+    references: list[str] | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[list[CaptionRecord], list[str]]:
+    """Caption ``image`` with one captioner or ``"all"``; returns one record per model and input notices."""
+    checked = inputs.load_image(image)
+    targets = caption_targets(choice)
+    records = []
+    for model_id in targets:
+        start = time.perf_counter()
+        try:
+            with manager.use(model_id) as model:
+                text = model.caption([checked.value], **(options or {}))[0]
+                weights = _weights_label(model)
+            record = CaptionRecord(model_id, text, round(time.perf_counter() - start, 3), weights=weights)
+            if references:
+                from mmdemo.eval.bleu import sentence_bleu_scores
+
+                record.bleu = sentence_bleu_scores(text, references)
+        except Exception as err:  # noqa: BLE001 - one model's failure is that model's record, never the page's
+            _log_failure("caption", model_id, err)
+            record = CaptionRecord(
+                model_id, None, round(time.perf_counter() - start, 3), error=_error_text(err)
+            )
+        records.append(record)
+    return records, checked.notices
+
+
+@dataclass
+class Example:
+    """A dataset image shipped in ``assets/examples`` with its reference captions."""
+
+    path: Path
+    references: list[str]
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[Example]:
+    """Examples in Flickr8k layout (``Images/`` + ``captions.txt``); empty when the folder is absent."""
+    captions = folder / "captions.txt"
+    if not captions.is_file():
+        return []
+    from mmdemo.data.flickr8k import load_flickr8k
+
+    corpus = load_flickr8k(folder)
+    return [Example(corpus.image_path(name), corpus.captions[name]) for name in corpus.images]
+
+
+def references_for(image_path: str | Path | None, examples: list[Example]) -> list[str] | None:
+    """Reference captions of an example image, recognised by its bytes (the UI copies files around)."""
+    if not image_path or not Path(image_path).is_file():
+        return None
+    digest = hashlib.sha256(Path(image_path).read_bytes()).hexdigest()
+    for example in examples:
+        if hashlib.sha256(example.path.read_bytes()).hexdigest() == digest:
+            return example.references
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+@dataclass
+class GenerateRecord:
+    model: str
+    seconds: float | None
+    seed: int
+    weights: str | None
+    score: float | None = None
+    score_name: str | None = None  # "CLIP score" or "ShapesEval", whichever judged the image
+    error: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenerateSettings:
+    """Validated settings of one text-to-image request, shared by every model."""
+
+    prompt: str
+    seed: int
+    preset: str = "fast"
+    negative_prompt: str = ""
+    steps: dict[str, int] = field(default_factory=dict)  # per-model overrides
+    guidance: dict[str, float] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+
+def check_generate_settings(
+    prompt: Any,
+    seed: Any,
+    preset: str = "fast",
+    negative_prompt: Any = "",
+    steps: dict[str, Any] | None = None,
+    guidance: dict[str, Any] | None = None,
+) -> GenerateSettings:
+    """Validate everything once, so a typo is one clear message rather than five failed panels."""
+    from mmdemo.interfaces import PRESETS
+
+    if preset not in PRESETS:
+        raise inputs.InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    checked_prompt = inputs.check_prompt(prompt)
+    checked_negative = inputs.check_negative_prompt(negative_prompt)
+    settings = GenerateSettings(
+        prompt=checked_prompt.value,
+        seed=inputs.check_seed(seed).value,
+        preset=preset,
+        negative_prompt=checked_negative.value,
+        notices=checked_prompt.notices + [f"Negative prompt: {n}" for n in checked_negative.notices],
+    )
+    for model_id, value in (steps or {}).items():
+        if (checked := inputs.check_steps(value).value) is not None:
+            settings.steps[model_id] = checked
+    for model_id, value in (guidance or {}).items():
+        if (checked := inputs.check_guidance(value).value) is not None:
+            settings.guidance[model_id] = checked
+    return settings
+
+
+def generate_images(
+    manager: ModelManager,
+    settings: GenerateSettings,
+    model_ids: list[str],
+    *,
+    scorer: Callable[[Any, str, str], tuple[float | None, str | None]] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Iterator[tuple[str, Any, GenerateRecord]]:
+    """Yield ``(model_id, image or None, record)`` as each model finishes, in the order given.
+
+    ``scorer(image, prompt, weights_profile) -> (score, score name)`` judges prompt alignment.
+    ``progress(model_id, done, total)`` reports sampling steps.
+    """
+    unknown = [m for m in model_ids if m not in GENERATOR_IDS]
+    if unknown:
+        raise inputs.InputError(
+            f"Unknown generator(s) {', '.join(unknown)}; valid: {', '.join(GENERATOR_IDS)}."
+        )
+    for model_id in model_ids:
+        start = time.perf_counter()
+        record = GenerateRecord(model_id, None, settings.seed, None, notices=list(settings.notices))
+        image = None
+        try:
+            with manager.use(model_id) as model:
+                record.weights = _weights_label(model)
+                step_callback = (
+                    (lambda done, total, m=model_id: progress(m, done, total)) if progress else None
+                )
+                image = model.generate(
+                    settings.prompt,
+                    seed=settings.seed,
+                    steps=settings.steps.get(model_id),
+                    guidance=settings.guidance.get(model_id),
+                    negative_prompt=settings.negative_prompt,
+                    preset=settings.preset,
+                    progress=step_callback,
+                )
+            record.seconds = round(time.perf_counter() - start, 3)
+            record.notices += list(image.info.get("mmdemo_notices", []))
+            if scorer is not None:
+                record.score, record.score_name = scorer(image, settings.prompt, record.weights or "")
+        except Exception as err:  # noqa: BLE001 - one model's failure is that model's panel, never the page's
+            _log_failure("generate", model_id, err)
+            record.seconds = round(time.perf_counter() - start, 3)
+            record.error = _error_text(err)
+            image = None
+        yield model_id, image, record

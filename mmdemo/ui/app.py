@@ -1,0 +1,119 @@
+"""The three tabs, assembled. Each ``create_*_tab`` builds components and wires events; no model code here."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
+from mmdemo.ui import about
+from mmdemo.ui.components import RawImageInput
+from mmdemo.ui.handlers import AppContext, caption_handler, generate_handler, preset_choices, random_seed
+
+# Every model-running event shares one concurrency group: on a GPU they take turns on the card.
+MODEL_CONCURRENCY_ID = "models"
+
+
+def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = RawImageInput(sources=["upload", "clipboard"], label="Image", height=320)
+            model = gr.Radio(
+                [("All four, side by side", "all")] + [(REGISTRY[m].display_name, m) for m in CAPTIONER_IDS],
+                value="all",
+                label="Captioner",
+            )
+            with gr.Accordion("Decoding options", open=False):
+                num_beams = gr.Slider(1, 5, value=1, step=1, label="Beams (1 = greedy, as in the report)")
+                max_new_tokens = gr.Slider(5, 50, value=30, step=1, label="Max new tokens")
+            button = gr.Button("Caption", variant="primary")
+            if ctx.examples:
+                gr.Examples(
+                    [[str(e.path)] for e in ctx.examples],
+                    inputs=[image],
+                    label="Dataset examples (with references)",
+                )
+        with gr.Column(scale=2):
+            table = gr.Dataframe(
+                headers=["model", "caption", "seconds", "weights", "BLEU-4"],
+                datatype=["str", "str", "number", "str", "str"],
+                label="Captions",
+                wrap=True,
+            )
+            references = gr.Markdown()
+            records = gr.JSON(label="Records (API)", open=False)
+    button.click(
+        caption_handler(ctx),
+        inputs=[image, model, num_beams, max_new_tokens],
+        outputs=[table, references, records],
+        api_name="caption",
+        concurrency_id=MODEL_CONCURRENCY_ID,
+        concurrency_limit=concurrency,
+    )
+
+
+def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
+    implemented = [m for m in GENERATOR_IDS if REGISTRY[m].implemented]
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=2)
+            negative = gr.Textbox(label="Negative prompt (models that support it)", lines=1)
+        with gr.Column(scale=2):
+            models = gr.CheckboxGroup(
+                [(REGISTRY[m].display_name, m) for m in GENERATOR_IDS], value=implemented, label="Models"
+            )
+            with gr.Row():
+                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
+                dice = gr.Button("🎲 Random seed", size="sm")
+                preset = gr.Radio(
+                    preset_choices(), value="fast", label="Preset (report = the report's settings)"
+                )
+    with gr.Accordion("Per-model steps and guidance (blank = the preset's default)", open=False):
+        overrides = gr.Code(
+            value="{}",
+            language="json",
+            label='JSON, e.g. {"pixel-diffusion": {"steps": 50, "guidance": 4.0}}',
+        )
+    button = gr.Button("Generate", variant="primary")
+    images, texts = [], []
+    with gr.Row(equal_height=True):
+        for model_id in GENERATOR_IDS:
+            with gr.Column(min_width=180):
+                images.append(
+                    gr.Image(
+                        label=REGISTRY[model_id].display_name,
+                        type="pil",
+                        format="png",
+                        buttons=["download"],
+                        interactive=False,
+                        height=256,
+                    )
+                )
+                texts.append(gr.Markdown(elem_classes=["panel-caption"]))
+    with gr.Row():
+        records = gr.JSON(label="Records (API)", open=False)
+        archive = gr.File(label="Download all (PNG + settings JSON)")
+    dice.click(random_seed, outputs=seed, api_name="random_seed", queue=False)
+    button.click(
+        generate_handler(ctx),
+        inputs=[prompt, models, seed, preset, negative, overrides],
+        outputs=[*images, *texts, records, archive],
+        api_name="generate",
+        concurrency_id=MODEL_CONCURRENCY_ID,
+        concurrency_limit=concurrency,
+    )
+
+
+def build_app(ctx: AppContext, *, concurrency: int = 1) -> gr.Blocks:
+    """The whole app for ``ctx``; ``concurrency`` model runs at once (1 on a single GPU)."""
+    with gr.Blocks(title="mmdemo: compare multimodal models") as demo:
+        gr.Markdown("# mmdemo: try and compare captioners and image generators")
+        gr.Markdown(ctx.banner(), elem_id="profile-banner")
+        with gr.Tabs():
+            with gr.Tab("Image → Text", id="caption"):
+                create_caption_tab(ctx, concurrency)
+            with gr.Tab("Text → Image", id="generate"):
+                create_generate_tab(ctx, concurrency)
+            with gr.Tab("About", id="about"):
+                params = about.create_about_tab(ctx)
+        demo.load(about.param_table, outputs=params, api_visibility="private")
+    return demo

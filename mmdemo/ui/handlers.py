@@ -1,0 +1,243 @@
+"""Event handlers: UI values in, UI values out. The glue between Gradio components and the service.
+
+Handlers never raise for a model's failure (that goes into the model's panel); an input mistake
+becomes one ``gr.Error`` with a message written for the user.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from mmdemo import inputs, service
+from mmdemo.interfaces import PRESETS
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
+from mmdemo.runtime import ModelManager
+from mmdemo.weights import available_profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppContext:
+    """What the handlers share: the model manager, the profile, the examples, and what resolves where."""
+
+    manager: ModelManager
+    profile: str
+    examples: list[service.Example] = field(default_factory=list)
+    availability: dict[str, str | None] = field(default_factory=dict)  # id -> "full" / "demo" / None
+
+    @classmethod
+    def create(cls, profile: str, manager: ModelManager | None = None) -> AppContext:
+        manager = manager or ModelManager(profile)  # type: ignore[arg-type]
+        availability = {
+            model_id: (available_profile(model_id, profile) if spec.implemented else None)  # type: ignore[arg-type]
+            for model_id, spec in REGISTRY.items()
+        }
+        return cls(manager, profile, service.load_examples(), availability)
+
+    def banner(self) -> str:
+        demo = [m for m, p in self.availability.items() if p == "demo"]
+        full = [m for m, p in self.availability.items() if p == "full"]
+        missing = [m for m, spec in REGISTRY.items() if spec.implemented and self.availability.get(m) is None]
+        todo = [m for m, spec in REGISTRY.items() if not spec.implemented]
+        lines = [f"**Profile: `{self.profile}`.**"]
+        if demo:
+            lines.append(
+                "⚠️ **Demo weights in use** for "
+                + ", ".join(f"`{m}`" for m in demo)
+                + ": tiny models of the same "
+                "architectures, trained on our offline *Shapes* dataset (coloured circles, squares and triangles). "
+                "Try prompts like *a small red circle on the left*. Real weights: run with `--profile full` on a "
+                "machine that can reach the Hugging Face Hub."
+            )
+        if full:
+            lines.append("Full weights: " + ", ".join(f"`{m}`" for m in full) + ".")
+        if missing:
+            lines.append(
+                "Weights unavailable: "
+                + ", ".join(f"`{m}`" for m in missing)
+                + " (the panel says what to do)."
+            )
+        if todo:
+            lines.append("Not implemented yet: " + ", ".join(f"`{m}`" for m in todo) + ".")
+        return "\n\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ captioning
+
+
+def caption_handler(ctx: AppContext):
+    def caption(image: str | None, model: str, num_beams: int = 1, max_new_tokens: int = 30):
+        """Caption an image with one captioner id or "all"; returns a table, the references and JSON records."""
+        if model not in ("all", *CAPTIONER_IDS):
+            raise gr.Error(f"Unknown captioner {model!r}; choose 'all' or one of {', '.join(CAPTIONER_IDS)}.")
+        references = service.references_for(image, ctx.examples)
+        options = {"num_beams": int(num_beams), "max_new_tokens": int(max_new_tokens)}
+        try:
+            records, notices = service.caption_image(
+                ctx.manager, image, model, references=references, options=options
+            )
+        except inputs.InputError as err:
+            raise gr.Error(str(err)) from None
+        rows = [
+            [
+                REGISTRY[r.model].display_name,
+                r.caption if r.error is None else f"⚠️ {r.error}",
+                r.seconds,
+                r.weights or "-",
+                "-" if r.bleu is None else f"{r.bleu['bleu4']:.1f}",
+            ]
+            for r in records
+        ]
+        refs_md = (
+            "**Reference captions** (per-image BLEU above is computed against these):\n"
+            + "\n".join(f"{i}. {ref}" for i, ref in enumerate(references, 1))
+            if references
+            else "*No reference captions for this image (BLEU needs a dataset example).*"
+        )
+        if notices:
+            refs_md = "\n".join(f"ℹ️ {n}" for n in notices) + "\n\n" + refs_md
+        return rows, refs_md, [r.as_dict() for r in records]
+
+    return caption
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def _panel_markdown(record: service.GenerateRecord | None, model_id: str, status: str = "") -> str:
+    name = REGISTRY[model_id].display_name
+    if record is None:
+        return f"**{name}**: {status}"
+    if record.error:
+        return f"**{name}**: ⚠️ {record.error}"
+    parts = [f"**{name}**", f"{record.seconds:.2f} s", f"seed {record.seed}"]
+    parts.append("demo weights" if record.weights == "demo" else f"{record.weights} weights")
+    if record.score is not None:
+        parts.append(f"{record.score_name}: {record.score:.3f}")
+    text = " · ".join(parts)
+    if record.notices:
+        text += "\n\n" + "\n".join(f"ℹ️ {n}" for n in record.notices)
+    return text
+
+
+def _zip_results(settings: service.GenerateSettings, images: dict[str, Any], records: list[dict]) -> str:
+    """A zip with every image as lossless PNG and the settings + records as JSON; returns its path."""
+    folder = Path(tempfile.mkdtemp(prefix="mmdemo-"))
+    path = folder / f"mmdemo_seed{settings.seed}.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for model_id, image in images.items():
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            archive.writestr(f"{model_id}.png", buffer.getvalue())
+        meta = {"settings": {k: v for k, v in vars(settings).items()}, "results": records}
+        archive.writestr("settings.json", json.dumps(meta, indent=2))
+    return str(path)
+
+
+def generate_handler(ctx: AppContext):
+    def generate(
+        prompt: str,
+        models: list[str],
+        seed: float,
+        preset: str = "fast",
+        negative_prompt: str = "",
+        overrides: dict | str | None = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented way to receive progress
+    ):
+        """Generate one image per ticked model; panels fill in as each model finishes.
+
+        ``overrides`` is JSON ``{"<model id>": {"steps": int, "guidance": float}}`` (optional).
+        Yields 5 images, 5 panel captions, the JSON records and a zip of everything.
+        """
+        models = [m for m in (models or []) if m]
+        if not models:
+            raise gr.Error("Tick at least one model.")
+        overrides = _parse_overrides(overrides)
+        try:
+            settings = service.check_generate_settings(
+                prompt,
+                seed,
+                preset,
+                negative_prompt,
+                steps={m: o.get("steps") for m, o in overrides.items()},
+                guidance={m: o.get("guidance") for m, o in overrides.items()},
+            )
+        except inputs.InputError as err:
+            raise gr.Error(str(err)) from None
+        unknown = [m for m in models if m not in GENERATOR_IDS]
+        if unknown:
+            raise gr.Error(f"Unknown model(s) {', '.join(unknown)}; valid: {', '.join(GENERATOR_IDS)}.")
+
+        images: dict[str, Any] = {}
+        texts = {
+            m: _panel_markdown(None, m, "waiting…" if m in models else "not selected") for m in GENERATOR_IDS
+        }
+        records: list[dict] = []
+
+        def outputs(zip_path: str | None = None):
+            return (
+                *[images.get(m) for m in GENERATOR_IDS],
+                *[texts[m] for m in GENERATOR_IDS],
+                records,
+                zip_path,
+            )
+
+        yield outputs()
+        for index, model_id in enumerate(models):
+            texts[model_id] = _panel_markdown(None, model_id, "running…")
+            progress((index, len(models)), desc=f"{model_id}")
+            step_progress = lambda m, done, total: progress((done, total), desc=f"{m}: step {done}/{total}")  # noqa: E731
+            for done_id, image, record in service.generate_images(
+                ctx.manager, settings, [model_id], scorer=alignment_scorer(), progress=step_progress
+            ):
+                if image is not None:
+                    images[done_id] = image
+                texts[done_id] = _panel_markdown(record, done_id)
+                records.append(record.as_dict())
+            yield outputs()
+        yield outputs(_zip_results(settings, images, records) if images else None)
+
+    return generate
+
+
+def _parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as err:
+            raise gr.Error(
+                f'Per-model overrides must be JSON like {{"pixel-diffusion": {{"steps": 20}}}}: {err}'
+            ) from None
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise gr.Error('Per-model overrides must map model ids to {"steps": ..., "guidance": ...}.')
+    return overrides
+
+
+def alignment_scorer():
+    """The prompt-alignment judge for generated images, or None while none is available."""
+    try:
+        from mmdemo.eval.alignment import score_alignment
+    except ImportError:
+        return None
+    return score_alignment
+
+
+def random_seed() -> int:
+    return random.randint(0, 2**31 - 1)
+
+
+def preset_choices() -> list[str]:
+    return list(PRESETS)
