@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 
+from mmdemo.runtime import ModelManager
 from mmdemo.ui import build_app
 from mmdemo.ui.handlers import AppContext
 from mmdemo.weights import PROFILES
@@ -40,8 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def create_demo(profile: str = "auto", concurrency: int = 1):
-    ctx = AppContext.create(profile)
+def create_demo(profile: str = "auto", concurrency: int = 1, manager: ModelManager | None = None):
+    """The app, queued; ``manager`` lets tests inject a model manager (e.g. one with a failing model)."""
+    ctx = AppContext.create(profile, manager)
     demo = build_app(ctx, concurrency=concurrency)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=concurrency)
     return demo

@@ -145,8 +145,10 @@ _SPECS: tuple[ModelSpec, ...] = (
         adapter=None,
         full_config=dict(vision="eva-vit-g-14", num_query_tokens=32, qformer_hidden=768, qformer_layers=12,
                          cross_attention_frequency=2, tokenizer="bert-base-uncased"),
-        tiny_config=dict(vision="eva-vit-tiny", num_query_tokens=8, qformer_hidden=128, qformer_layers=2,
-                         cross_attention_frequency=2, tokenizer="shapes-wordpiece"),
+        # Same classes at Shapes size; the frozen tiny ViT is pretrained by train/pretrain_tiny_eva.py (card).
+        tiny_config=dict(vision="eva-vit-tiny", num_query_tokens=8, qformer_hidden=128, qformer_layers=4,
+                         qformer_heads=4, qformer_intermediate=512, cross_attention_frequency=2,
+                         tokenizer="shapes-wordpiece", vocab_size=400, max_text_positions=64),
         sources=(
             HubFiles("Salesforce/blip2-itm-vit-g", ("model.safetensors", "config.json"),
                      role="EVA-CLIP ViT-g/14 vision encoder (BLIP-2 stage 1)"),
@@ -167,7 +169,8 @@ _SPECS: tuple[ModelSpec, ...] = (
         adapter=None,
         full_config=dict(vision="eva-vit-g-14", num_query_tokens=32, qformer_hidden=768, llm_hidden=2048,
                          llm="TinyLlama/TinyLlama-1.1B-Chat-v1.0", prompt="Generate a simple short caption:"),
-        tiny_config=dict(vision="eva-vit-tiny", num_query_tokens=8, qformer_hidden=128, llm_hidden=128,
+        tiny_config=dict(vision="eva-vit-tiny", num_query_tokens=8, qformer_hidden=128, qformer_layers=4,
+                         qformer_heads=4, qformer_intermediate=512, cross_attention_frequency=2, llm_hidden=128,
                          llm="tiny-llama-shapes", prompt="Generate a simple short caption:"),
         sources=(
             HubFiles("Salesforce/blip2-itm-vit-g", ("model.safetensors", "config.json"),
@@ -188,12 +191,18 @@ _SPECS: tuple[ModelSpec, ...] = (
         display_name="SDXL base 1.0",
         kind="generator",
         adapter=None,
-        full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", resolution=1024),
-        tiny_config=dict(pipeline="tiny-sdxl-shapes", resolution=32),
+        # vae_fp16_fix: optional, used on CUDA when its files are local or downloadable (not a required source).
+        full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", resolution=1024,
+                         vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix"),
+        tiny_config=dict(pipeline="tiny-sdxl-shapes", resolution=32, vae_fp16_fix=None),
         sources=(
-            HubFiles("stabilityai/stable-diffusion-xl-base-1.0", ("model_index.json", "unet/*.safetensors",
-                     "vae/*.safetensors", "text_encoder/*.safetensors", "text_encoder_2/*.safetensors"),
-                     role="SDXL base pipeline"),
+            HubFiles("stabilityai/stable-diffusion-xl-base-1.0",
+                     ("model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*", "unet/config.json",
+                      "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+                      "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/config.json",
+                      "text_encoder/model.fp16.safetensors", "text_encoder_2/config.json",
+                      "text_encoder_2/model.fp16.safetensors"),
+                     role="SDXL base pipeline (fp16 files)"),
         ),
         licence="CreativeML Open RAIL++-M",
         description="Stable Diffusion XL base 1.0 through diffusers, fp16 on GPU.",
@@ -206,11 +215,18 @@ _SPECS: tuple[ModelSpec, ...] = (
         display_name="SDXL + our Flickr8k LoRA",
         kind="generator",
         adapter=None,
-        full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", lora_rank=128, resolution=1024),
-        tiny_config=dict(pipeline="tiny-sdxl-shapes", lora_rank=8, resolution=32),
+        full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", lora_rank=128, resolution=1024,
+                         vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix"),
+        tiny_config=dict(pipeline="tiny-sdxl-shapes", lora_rank=8, resolution=32, vae_fp16_fix=None),
         sources=(
-            HubFiles("stabilityai/stable-diffusion-xl-base-1.0", ("model_index.json",), role="SDXL base pipeline"),
-            _own("sdxl-lora", "pytorch_lora_weights.safetensors"),
+            HubFiles("stabilityai/stable-diffusion-xl-base-1.0",
+                     ("model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*", "unet/config.json",
+                      "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+                      "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/config.json",
+                      "text_encoder/model.fp16.safetensors", "text_encoder_2/config.json",
+                      "text_encoder_2/model.fp16.safetensors"),
+                     role="SDXL base pipeline (fp16 files), shared with sdxl-base"),
+            _own("sdxl-lora", "pytorch_lora_weights.safetensors", "config.json"),
         ),
         licence="CreativeML Open RAIL++-M (base); ours: MIT",
         description="The same SDXL pipeline with our rank-128 LoRA trained on the Flickr8k LoRA split.",
@@ -223,19 +239,32 @@ _SPECS: tuple[ModelSpec, ...] = (
         display_name="Infinity-2B",
         kind="generator",
         adapter=None,
-        full_config=dict(depth=32, width=2048, num_heads=16, text_encoder="google/flan-t5-xl", vae="d32reg"),
-        tiny_config=dict(depth=2, width=128, num_heads=4, text_encoder="tiny-t5-shapes", vae="tiny"),
+        # Keyword arguments of mmdemo.models.infinity.InfinityFamilyConfig.
+        full_config=dict(
+            transformer=dict(depth=32, width=2048, num_heads=16, block_chunks=8, text_channels=2048, text_maxlen=512),
+            vae="d32reg", text_encoder="google/flan-t5-xl",
+            budget_scales={"0.06M": 7, "0.25M": 10, "0.60M": 12, "1M": 13}, default_budget="1M", image_size=1024,
+        ),
+        tiny_config=dict(
+            transformer=dict(depth=4, width=128, num_heads=4, block_chunks=2, text_channels=128, text_maxlen=32,
+                             pool_head_dim=32, codebook_dim=16),
+            vae=dict(codebook_dim=16, base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, patch_size=4,
+                     norm_groups=8),
+            text_encoder="tiny-t5-shapes", t5=dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4),
+            budget_scales={"0.06M": 5, "0.25M": 5, "1M": 5}, default_budget="0.06M", image_size=32,
+        ),
         sources=(
             HubFiles("FoundationVision/Infinity", ("infinity_2b_reg.pth",), role="Infinity-2B transformer"),
             HubFiles("FoundationVision/Infinity", ("infinity_vae_d32reg.pth",), role="BSQ-VAE d32"),
-            HubFiles("google/flan-t5-xl", ("config.json", "model*.safetensors*", "spiece.model"),
-                     role="T5 text encoder"),
+            HubFiles("google/flan-t5-xl", ("config.json", "model*.safetensors*", "spiece.model", "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json"), role="T5 text encoder"),
         ),
         licence="MIT (Infinity); Apache-2.0 (Flan-T5)",
         description="Bitwise visual autoregressive model (arXiv 2412.04431), our own PyTorch inference.",
         report=ReportNumbers(settings="1024x1024 (13 scales), cfg 3, tau 0.5, top-p 0.97"),
         issue=7,
-        defaults=dict(cfg=3.0, tau=0.5, top_p=0.97, pixel_budget="1M", cpu_pixel_budget="0.06M"),
+        defaults=dict(cfg=3.0, tau=0.5, top_p=0.97, top_k=0, pixel_budget="1M", cpu_pixel_budget="0.06M",
+                      aspect_ratio="1:1"),
     ),
     ModelSpec(
         id="pixel-diffusion",
@@ -247,11 +276,11 @@ _SPECS: tuple[ModelSpec, ...] = (
                          up_block_types=("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
                          cross_attention_dim=512, text_encoder="google-bert/bert-base-uncased", text_max_length=24,
                          beta_schedule="linear", prediction_type="epsilon"),
-        # Demo: attention only at 16x16 and below (attention at 32x32 is ~8x slower on CPU); v-prediction +
-        # cosine schedule, which learned Shapes on a CPU where epsilon + linear did not (see the model card).
+        # Demo: cross-attention only at 8x8 and below (at 16x16 a CPU step costs ~2x, at 32x32 ~8x); v-prediction
+        # + cosine schedule, which learned Shapes on a CPU where epsilon + linear did not (see the model card).
         tiny_config=dict(sample_size=32, block_out_channels=(32, 64, 64), layers_per_block=1,
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
                          cross_attention_dim=64, attention_head_dim=4, norm_num_groups=8,
                          text_encoder="tiny-bert-shapes",
                          text_encoder_config=dict(vocab_size=160, hidden_size=64, num_hidden_layers=2,
@@ -275,19 +304,31 @@ _SPECS: tuple[ModelSpec, ...] = (
         kind="generator",
         adapter=None,
         full_config=dict(image_size=256, num_vq_embeddings=8192, latent_channels=4, downsample=8,
-                         text_encoder="openai/clip-vit-base-patch16"),
-        tiny_config=dict(image_size=32, num_vq_embeddings=256, latent_channels=4, downsample=4,
-                         text_encoder="tiny-clip-text-shapes"),
+                         vq_block_out_channels=(64, 128, 256, 256), vq_layers_per_block=2,
+                         unet_block_out_channels=(256, 512, 512), unet_layers_per_block=2, cross_attention_dim=512,
+                         text_encoder="openai/clip-vit-base-patch16", text_max_length=77,
+                         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="epsilon"),
+        # Demo: 32x32 pixels -> 16x16x4 latents (/2: small Shapes objects survive the VQ round trip), tiny
+        # UNet with cross-attention in every block, v-prediction + cosine schedule as for the pixel demo.
+        tiny_config=dict(image_size=32, num_vq_embeddings=256, latent_channels=4, downsample=2,
+                         vq_block_out_channels=(32, 64), vq_layers_per_block=1, vq_norm_num_groups=16,
+                         unet_block_out_channels=(32, 64, 64), unet_layers_per_block=1, unet_attention_head_dim=4,
+                         unet_norm_num_groups=8, cross_attention_dim=64, text_encoder="tiny-clip-text-shapes",
+                         text_encoder_config=dict(vocab_size=600, hidden_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=4, intermediate_size=128,
+                                                  max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                                                  pad_token_id=1),
+                         text_max_length=32, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
         sources=(
             HubFiles("openai/clip-vit-base-patch16", ("model.safetensors", "config.json", "vocab.json", "merges.txt"),
                      role="frozen CLIP text encoder"),
-            _own("latent-diffusion", "vqvae/model.safetensors", "unet/model.safetensors", "config.json"),
+            _own("latent-diffusion", "model.safetensors", "config.json"),
         ),
         licence="MIT (CLIP); ours: MIT",
         description="VQ-VAE (8192x4 codebook, /8) + latent UNet with cross-attention to CLIP text.",
         report=ReportNumbers(settings="T=1000 scaled-linear betas, 1000 DDPM sampling steps"),
         issue=4,
-        defaults=dict(steps=1000, fast_steps=25, guidance=3.0, width=256, height=256),
+        defaults=dict(steps=1000, fast_steps=25, guidance=3.0, width=256, height=256, demo_width=32, demo_height=32),
     ),
 )
 
@@ -304,3 +345,11 @@ def get_spec(model_id: str, kind: ModelKind | None = None) -> ModelSpec:
         what = f"{kind} id" if kind else "model id"
         raise KeyError(f"unknown {what} {model_id!r}; valid ids: {', '.join(valid)}")
     return spec
+
+
+# Auxiliary weights the app uses around the models (not models people pick).
+CLIP_SCORE_SOURCE = HubFiles(
+    "timm/vit_base_patch32_clip_224.openai",
+    ("open_clip_*",),  # open_clip_model.safetensors (preferred) or open_clip_pytorch_model.bin
+    role="CLIP score judge (open_clip ViT-B-32, openai)",
+)

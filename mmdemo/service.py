@@ -159,6 +159,9 @@ class GenerateSettings:
     negative_prompt: str = ""
     steps: dict[str, int] = field(default_factory=dict)  # per-model overrides
     guidance: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # per-model options (e.g. Infinity's pixel budget)
     notices: list[str] = field(default_factory=list)
 
 
@@ -169,6 +172,7 @@ def check_generate_settings(
     negative_prompt: Any = "",
     steps: dict[str, Any] | None = None,
     guidance: dict[str, Any] | None = None,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> GenerateSettings:
     """Validate everything once, so a typo is one clear message rather than five failed panels."""
     from mmdemo.interfaces import PRESETS
@@ -190,6 +194,7 @@ def check_generate_settings(
     for model_id, value in (guidance or {}).items():
         if (checked := inputs.check_guidance(value).value) is not None:
             settings.guidance[model_id] = checked
+    settings.extra = {m: dict(options) for m, options in (extra or {}).items() if options}
     return settings
 
 
@@ -229,11 +234,16 @@ def generate_images(
                     negative_prompt=settings.negative_prompt,
                     preset=settings.preset,
                     progress=step_callback,
+                    **settings.extra.get(model_id, {}),
                 )
             record.seconds = round(time.perf_counter() - start, 3)
             record.notices += list(image.info.get("mmdemo_notices", []))
             if scorer is not None:
-                record.score, record.score_name = scorer(image, settings.prompt, record.weights or "")
+                try:
+                    record.score, record.score_name = scorer(image, settings.prompt, record.weights or "")
+                except Exception as err:  # noqa: BLE001 - a judge failing must not hide the image
+                    log.warning("alignment score for %s failed: %s", model_id, err)
+                    record.score_name = f"score unavailable ({type(err).__name__})"
         except Exception as err:  # noqa: BLE001 - one model's failure is that model's panel, never the page's
             _log_failure("generate", model_id, err)
             record.seconds = round(time.perf_counter() - start, 3)

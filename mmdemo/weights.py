@@ -177,29 +177,34 @@ def _resolve_full(spec: ModelSpec, *, download: bool) -> ResolvedWeights:
     paths: list[Path] = []
     origins: list[str] = []
     for source in spec.sources:
-        local = local_folder(spec, source)
-        if _glob(local, source.files[0]):
-            paths.append(local)
-            origins.append("local folder")
-            continue
-        looked = [f"{local} (local folder)"]
-        found = _from_hf_cache(source)
-        if found is not None:
-            paths.append(found)
-            origins.append("HF cache")
-            continue
-        looked.append(f"HF cache: {_describe(source)}")
-        if download and hub_reachable():
-            try:
-                paths.append(_download(source))
-                origins.append("downloaded from the Hub")
-                continue
-            except Exception as err:  # noqa: BLE001 - every Hub failure means "unavailable", with its reason
-                looked.append(f"Hub {source.repo_id}: {type(err).__name__}: {err}")
-        elif download:
-            looked.append("Hub: not reachable (offline, or HF_HUB_OFFLINE set)")
-        raise WeightsUnavailable(spec.id, "full", looked, _remedy(spec, "full"))
+        found, origin, looked = find_source(source, local_folder(spec, source), download=download)
+        if found is None:
+            raise WeightsUnavailable(spec.id, "full", looked, _remedy(spec, "full"))
+        paths.append(found)
+        origins.append(origin)
     return ResolvedWeights(spec.id, "full", paths, origins)
+
+
+def find_source(source: HubFiles, local: Path, *, download: bool) -> tuple[Path | None, str, list[str]]:
+    """Look for one source's files: ``local`` folder, HF cache, then (if allowed and reachable) the Hub.
+
+    Returns ``(folder or None, where it was found, every place looked at)``.
+    """
+    if _glob(local, source.files[0]):
+        return local, "local folder", []
+    looked = [f"{local} (local folder)"]
+    cached = _from_hf_cache(source)
+    if cached is not None:
+        return cached, "HF cache", looked
+    looked.append(f"HF cache: {_describe(source)}")
+    if download and hub_reachable():
+        try:
+            return _download(source), "downloaded from the Hub", looked
+        except Exception as err:  # noqa: BLE001 - every Hub failure means "unavailable", with its reason
+            looked.append(f"Hub {source.repo_id}: {type(err).__name__}: {err}")
+    elif download:
+        looked.append("Hub: not reachable (offline, or HF_HUB_OFFLINE set)")
+    return None, "", looked
 
 
 def local_folder(spec: ModelSpec, source: HubFiles) -> Path:

@@ -7,7 +7,13 @@ import gradio as gr
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
 from mmdemo.ui import about
 from mmdemo.ui.components import RawImageInput
-from mmdemo.ui.handlers import AppContext, caption_handler, generate_handler, preset_choices, random_seed
+from mmdemo.ui.handlers import (
+    AppContext,
+    caption_handler,
+    generate_handler,
+    overrides_from_fields,
+    random_seed,
+)
 
 # Every model-running event shares one concurrency group: on a GPU they take turns on the card.
 MODEL_CONCURRENCY_ID = "models"
@@ -16,7 +22,7 @@ MODEL_CONCURRENCY_ID = "models"
 def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            image = RawImageInput(sources=["upload", "clipboard"], label="Image", height=320)
+            image = RawImageInput(type="filepath", sources=["upload", "clipboard"], label="Image", height=320)
             model = gr.Radio(
                 [("All four, side by side", "all")] + [(REGISTRY[m].display_name, m) for m in CAPTIONER_IDS],
                 value="all",
@@ -51,11 +57,18 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
     )
 
 
+def _defaults_hint(model_id: str) -> str:
+    defaults = REGISTRY[model_id].defaults
+    steps = f"fast {defaults['fast_steps']} / report {defaults['steps']} steps" if "steps" in defaults else ""
+    guidance = f"guidance {defaults.get('guidance', defaults.get('cfg'))}"
+    return ", ".join(x for x in (steps, guidance) if x)
+
+
 def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
     implemented = [m for m in GENERATOR_IDS if REGISTRY[m].implemented]
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=2)
+            prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=2, max_lines=6)
             negative = gr.Textbox(label="Negative prompt (models that support it)", lines=1)
         with gr.Column(scale=2):
             models = gr.CheckboxGroup(
@@ -64,14 +77,29 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
                 dice = gr.Button("🎲 Random seed", size="sm")
-                preset = gr.Radio(
-                    preset_choices(), value="fast", label="Preset (report = the report's settings)"
-                )
+            preset = gr.Radio(
+                [("fast (multistep solver, ≤ 25 steps)", "fast"), ("report settings", "report")],
+                value="fast",
+                label="Preset",
+            )
     with gr.Accordion("Per-model steps and guidance (blank = the preset's default)", open=False):
+        fields = []
+        for model_id in GENERATOR_IDS:
+            with gr.Row():
+                gr.Markdown(f"**{REGISTRY[model_id].display_name}**  \n{_defaults_hint(model_id)}")
+                fields.append(gr.Number(value=None, precision=0, label="steps", minimum=1, maximum=1000))
+                fields.append(gr.Number(value=None, label="guidance", minimum=0, maximum=50))
+        pixel_budget = gr.Dropdown(
+            ["default", "0.06M", "0.25M", "1M"],
+            value="default",
+            label="Infinity pixel budget (default: 1M on GPU, 0.06M on CPU)",
+        )
         overrides = gr.Code(
-            value="{}",
-            language="json",
-            label='JSON, e.g. {"pixel-diffusion": {"steps": 50, "guidance": 4.0}}',
+            value="{}", language="json", label="As JSON (what the API takes)", interactive=True
+        )
+    for field in [*fields, pixel_budget]:
+        field.change(
+            overrides_from_fields, [*fields, pixel_budget], overrides, queue=False, api_visibility="private"
         )
     button = gr.Button("Generate", variant="primary")
     images, texts = [], []
@@ -83,9 +111,10 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
                         label=REGISTRY[model_id].display_name,
                         type="pil",
                         format="png",
-                        buttons=["download"],
+                        buttons=["download", "fullscreen"],
                         interactive=False,
                         height=256,
+                        elem_classes=["generated"],
                     )
                 )
                 texts.append(gr.Markdown(elem_classes=["panel-caption"]))
@@ -115,5 +144,5 @@ def build_app(ctx: AppContext, *, concurrency: int = 1) -> gr.Blocks:
                 create_generate_tab(ctx, concurrency)
             with gr.Tab("About", id="about"):
                 params = about.create_about_tab(ctx)
-        demo.load(about.param_table, outputs=params, api_visibility="private")
+        demo.load(about.param_table, outputs=params, api_visibility="private", show_progress="hidden")
     return demo

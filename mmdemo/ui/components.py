@@ -13,10 +13,9 @@ class RawImageInput(gr.Image):
     lets :func:`mmdemo.inputs.load_image` refuse it with a message the user can act on.
     """
 
-    is_template = True  # render with the stock Image front end
-
-    def __init__(self, **kwargs):
-        super().__init__(type="filepath", **kwargs)
+    # Render with the stock Image front end. No __init__ override: Gradio builds the front-end props
+    # from the constructor's signature. Create it with type="filepath".
+    is_template = True
 
     def preprocess(self, payload):
         return None if payload is None else payload.path

@@ -19,7 +19,6 @@ from typing import Any
 import gradio as gr
 
 from mmdemo import inputs, service
-from mmdemo.interfaces import PRESETS
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
 from mmdemo.runtime import ModelManager
 from mmdemo.weights import available_profile
@@ -73,10 +72,62 @@ class AppContext:
         return "\n\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ ZeroGPU
+
+# Rough GPU seconds per sampling step (A100-class) and per model hand-over, for ZeroGPU's time slots:
+# asking for too little aborts the call, asking for too much costs the visitor quota.
+GPU_SECONDS_PER_STEP = {
+    "sdxl-base": 0.08,
+    "sdxl-lora": 0.09,
+    "pixel-diffusion": 0.01,
+    "latent-diffusion": 0.01,
+}
+GPU_SECONDS_INFINITY = 12.0
+GPU_SECONDS_PER_MODEL = 10.0
+GPU_SECONDS_MAX = 300
+
+
+def on_gpu(duration):
+    """``spaces.GPU(duration=...)`` on a Hugging Face ZeroGPU Space; the function unchanged elsewhere."""
+    try:
+        import spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+def generate_gpu_seconds(
+    prompt, models, seed, preset="fast", negative_prompt="", overrides=None, *args, **kwargs
+):
+    """ZeroGPU time to ask for: the ticked models, their steps under the preset (or overrides)."""
+    try:
+        overrides = _parse_overrides(overrides)
+    except gr.Error:
+        overrides = {}
+    total = 10.0
+    for model_id in models or []:
+        if model_id not in REGISTRY:
+            continue
+        defaults = REGISTRY[model_id].defaults
+        steps = overrides.get(model_id, {}).get("steps") or defaults.get(
+            "fast_steps" if preset == "fast" else "steps", 0
+        )
+        per_step = GPU_SECONDS_PER_STEP.get(model_id, 0.0)
+        total += GPU_SECONDS_PER_MODEL + (
+            GPU_SECONDS_INFINITY if model_id == "infinity-2b" else per_step * float(steps)
+        )
+    return int(min(total, GPU_SECONDS_MAX))
+
+
+def caption_gpu_seconds(image, model, *args, **kwargs):
+    return int(10 + GPU_SECONDS_PER_MODEL * (len(CAPTIONER_IDS) if model == "all" else 1))
+
+
 # ------------------------------------------------------------------------------------------------ captioning
 
 
 def caption_handler(ctx: AppContext):
+    @on_gpu(caption_gpu_seconds)
     def caption(image: str | None, model: str, num_beams: int = 1, max_new_tokens: int = 30):
         """Caption an image with one captioner id or "all"; returns a table, the references and JSON records."""
         if model not in ("all", *CAPTIONER_IDS):
@@ -146,6 +197,7 @@ def _zip_results(settings: service.GenerateSettings, images: dict[str, Any], rec
 
 
 def generate_handler(ctx: AppContext):
+    @on_gpu(generate_gpu_seconds)
     def generate(
         prompt: str,
         models: list[str],
@@ -172,6 +224,10 @@ def generate_handler(ctx: AppContext):
                 negative_prompt,
                 steps={m: o.get("steps") for m, o in overrides.items()},
                 guidance={m: o.get("guidance") for m, o in overrides.items()},
+                extra={
+                    m: {k: v for k, v in o.items() if k not in ("steps", "guidance")}
+                    for m, o in overrides.items()
+                },
             )
         except inputs.InputError as err:
             raise gr.Error(str(err)) from None
@@ -223,7 +279,27 @@ def _parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
             ) from None
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise gr.Error('Per-model overrides must map model ids to {"steps": ..., "guidance": ...}.')
+    unknown = [m for m in overrides if m not in GENERATOR_IDS]
+    if unknown:
+        raise gr.Error(f"Per-model overrides name unknown model(s) {', '.join(unknown)}.")
     return overrides
+
+
+def overrides_from_fields(*values: Any) -> str:
+    """The UI's per-model fields as overrides JSON.
+
+    ``values``: steps and guidance for each generator in registry order, then Infinity's pixel budget.
+    """
+    *pairs, pixel_budget = values
+    overrides: dict[str, dict[str, Any]] = {}
+    for index, model_id in enumerate(GENERATOR_IDS):
+        options = {"steps": pairs[2 * index], "guidance": pairs[2 * index + 1]}
+        if model_id == "infinity-2b":
+            options["pixel_budget"] = pixel_budget
+        options = {k: v for k, v in options.items() if v not in (None, "", "default")}
+        if options:
+            overrides[model_id] = options
+    return json.dumps(overrides)
 
 
 def alignment_scorer():
@@ -237,7 +313,3 @@ def alignment_scorer():
 
 def random_seed() -> int:
     return random.randint(0, 2**31 - 1)
-
-
-def preset_choices() -> list[str]:
-    return list(PRESETS)
