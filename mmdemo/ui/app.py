@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
@@ -55,6 +57,21 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
         concurrency_id=MODEL_CONCURRENCY_ID,
         concurrency_limit=concurrency,
     )
+
+
+def example_prompts(ctx: AppContext) -> list[list[str]]:
+    shapes = [
+        "a small red circle on the left",
+        "a large blue square at the top",
+        "a yellow triangle in the center",
+        "a big green diamond on the right",
+    ]
+    flickr = [
+        "A black dog is running through the grass .",
+        "A little girl in a pink dress is climbing stairs .",
+        "Two men are playing soccer on a field .",
+    ]
+    return [[p] for p in (shapes + flickr if "full" in ctx.availability.values() else shapes)]
 
 
 def _defaults_hint(model_id: str) -> str:
@@ -122,8 +139,22 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
         records = gr.JSON(label="Records (API)", open=False)
         archive = gr.File(label="Download all (PNG + settings JSON)")
     dice.click(random_seed, outputs=seed, api_name="random_seed", queue=False)
+    generate = generate_handler(ctx)
+    example_inputs = [prompt, models, seed, preset, negative, overrides]
+    example_outputs = [*images, *texts, records, archive]
+    gr.Examples(
+        [[p, implemented, 0, "fast", "", "{}"] for p in example_prompts(ctx)],
+        inputs=example_inputs,
+        outputs=example_outputs,
+        fn=generate,
+        # On a Space, an example runs once, the first time someone picks it, and is served from the cache
+        # after that; locally picking an example only fills the inputs.
+        cache_examples=bool(os.environ.get("SPACE_ID")),
+        cache_mode="lazy",
+        label="Example prompts (Shapes for demo weights, Flickr8k test prompts for full weights)",
+    )
     button.click(
-        generate_handler(ctx),
+        generate,
         inputs=[prompt, models, seed, preset, negative, overrides],
         outputs=[*images, *texts, records, archive],
         api_name="generate",
