@@ -1,0 +1,228 @@
+"""End-to-end tests of the captioner scripts on tiny configurations and a tiny Shapes set: training, exact
+resume, the feature cache, reload through the public API, evaluation JSON, pretraining, accelerate launch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "train"))
+
+import evaluate_captioner  # noqa: E402
+import pretrain_shapes_vision  # noqa: E402
+import train_captioner  # noqa: E402
+
+# 24 images -> 19 train / 5 val; batch 8 -> 3 steps per epoch (8, 8 and the last 3 pairs).
+SMALL = [
+    "--size",
+    "tiny",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "3",
+    "--checkpointing-steps",
+    "100",
+    "--lr",
+    "1e-3",
+    "--config-override",
+    '{"num_layers": 1, "ff_dim": 64, "d_model": 32}',
+]
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    from mmdemo.data.shapes import generate_shapes_dataset
+
+    return generate_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", n=24, seed=11, size=64)
+
+
+def train(data: Path, out: Path, *extra: str, model: str = "resnet18-xattn") -> dict:
+    args = train_captioner.parse_args(
+        ["--model", model, "--data", str(data), "--out", str(out), *SMALL, *extra]
+    )
+    return train_captioner.main(args)
+
+
+def test_train_reload_and_evaluate(shapes_dir, tmp_path, monkeypatch, capsys):
+    import mmdemo
+
+    summary = train(shapes_dir, tmp_path / "run")
+    assert summary["steps"] == 9 and summary["epochs_done"] == 3 and summary["best_val_loss"] is not None
+    out = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "vocab.json", "loss_curve.png", "train_log.json"):
+        assert (out / name).is_file(), name
+    log = json.loads((out / "train_log.json").read_text())
+    assert [s for s, _ in log["history"]] == list(range(9)) and len(log["val_history"]) == 3
+    assert log["val_history"][-1][2] < log["val_history"][0][2]  # it learns something even in 9 steps
+
+    demo = tmp_path / "ckpts" / "demo" / "resnet18-xattn"
+    shutil.copytree(out, demo, ignore=shutil.ignore_patterns("state", "feature_cache"))
+    monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path / "ckpts"))
+    captioner = mmdemo.load_captioner("resnet18-xattn", profile="demo", device="cpu")
+    assert captioner.network.config.d_model == 32
+    assert len(captioner.caption([shapes_dir / "Images" / "shapes_000000.png"])) == 1
+
+    capsys.readouterr()
+    args = evaluate_captioner.parse_args(
+        [
+            "--model",
+            "resnet18-xattn",
+            "--data",
+            str(shapes_dir),
+            "--profile",
+            "demo",
+            "--split",
+            "all",
+            "--limit",
+            "6",
+            "--out",
+            str(tmp_path / "caps.csv"),
+        ]
+    )
+    result = evaluate_captioner.main(args)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == json.loads((demo / "eval_shapes.json").read_text())
+    assert set(printed) >= {"bleu1", "bleu2", "bleu3", "bleu4", "n", "seconds_per_image"}
+    assert result["n"] == 6 and 0 <= result["bleu4"] <= result["bleu1"] <= 100
+    assert (tmp_path / "caps.csv").read_text().splitlines()[0] == "image,caption"
+    assert len((tmp_path / "caps.csv").read_text().splitlines()) == 7
+
+
+def test_resume_repeats_and_loses_no_step(shapes_dir, tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    train(shapes_dir, tmp_path / "straight", *cache, "--max-steps", "5")
+    train(shapes_dir, tmp_path / "broken", *cache, "--max-steps", "4")  # "interrupted" inside epoch 1
+    summary = train(
+        shapes_dir, tmp_path / "broken", *cache, "--max-steps", "5", "--resume-from-checkpoint", "latest"
+    )
+    assert summary["steps"] == 5
+    straight = json.loads((tmp_path / "straight" / "state" / "train_state.json").read_text())
+    broken = json.loads((tmp_path / "broken" / "state" / "train_state.json").read_text())
+    assert [s for s, _ in broken["history"]] == [0, 1, 2, 3, 4]
+    assert broken["history"] == straight["history"]  # same losses: same batches, same dropout, same weights
+    a = load_file(str(tmp_path / "straight" / "state" / "model.safetensors"))
+    b = load_file(str(tmp_path / "broken" / "state" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feature_cache_reused_and_invalidated(shapes_dir, tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--max-steps", "1"]
+    first = train(shapes_dir, tmp_path / "a", *cache)
+    second = train(shapes_dir, tmp_path / "b", *cache)
+    assert first["feature_cache"]["hit"] is False and second["feature_cache"]["hit"] is True
+    assert first["feature_cache"]["key"] == second["feature_cache"]["key"]
+    # A different encoder input size (preprocessing) and a different encoder must not reuse those features.
+    resized = train(
+        shapes_dir, tmp_path / "c", *cache, "--config-override", '{"image_size": 64, "d_model": 32}'
+    )
+    assert resized["feature_cache"]["hit"] is False
+    assert resized["feature_cache"]["key"] != first["feature_cache"]["key"]
+    pretrained = tmp_path / "vision"
+    pretrain_shapes_vision.main(
+        pretrain_shapes_vision.parse_args(
+            [
+                "--vision",
+                "resnet18-tiny",
+                "--data",
+                str(shapes_dir),
+                "--out",
+                str(pretrained),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+            ]
+        )
+    )
+    other = train(shapes_dir, tmp_path / "d", *cache, "--init-dir", str(pretrained))
+    assert other["feature_cache"]["hit"] is False
+    assert len(list((tmp_path / "cache").glob("features-*.safetensors"))) == 3
+    off = train(shapes_dir, tmp_path / "e", "--no-cache-features", "--max-steps", "1")
+    assert off["feature_cache"] == {"cache": "off"} and not (tmp_path / "e" / "feature_cache").exists()
+    # The pretrained encoder really is the frozen part of the trained model.
+    vision = load_file(str(pretrained / "model.safetensors"))
+    trained = load_file(str(tmp_path / "d" / "model.safetensors"))
+    assert all(torch.equal(vision[k], trained[k]) for k in vision)
+
+
+def test_clip_variant_trains_and_reloads(shapes_dir, tmp_path):
+    from mmdemo.captioners.xattn import XAttnCaptionNetwork
+
+    summary = train(shapes_dir, tmp_path / "clip", "--max-steps", "2", model="clipb32-xattn")
+    assert summary["steps"] == 2
+    network = XAttnCaptionNetwork.from_pretrained(tmp_path / "clip")
+    assert network.config.vision == "clip-vit-tiny"
+    features = network.encode_images(network.preprocess([__import__("PIL.Image").Image.new("RGB", (64, 64))]))
+    assert features.shape == (1, network.num_image_tokens, 128)
+
+
+def test_argument_checks(shapes_dir, tmp_path):
+    base = ["--model", "resnet18-xattn", "--data", str(shapes_dir), "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match="captions.txt"):
+        train_captioner.parse_args(
+            ["--model", "resnet18-xattn", "--data", str(tmp_path), "--out", str(tmp_path)]
+        )
+    with pytest.raises(ValueError, match="batch-size"):
+        train_captioner.parse_args([*base, "--batch-size", "0"])
+    with pytest.raises(ValueError, match="JSON"):
+        train_captioner.parse_args([*base, "--config-override", "{oops"])
+    with pytest.raises(ValueError, match="tiny"):
+        train_captioner.parse_args([*base, "--init-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        train_captioner.parse_args([*base[:1], "no-such-model", *base[2:]])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(shapes_dir, tmp_path):
+    # accelerate 1.15's `launch --cpu --num_processes 2` starts ONE process (it needs an MPI hostfile for
+    # more); `--multi_gpu` runs torchrun, and on a machine without CUDA the script asks for CPU, so the two
+    # ranks form a gloo MULTI_CPU group: the same DDP path as on GPUs.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MMDEMO_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "train" / "train_captioner.py"),
+        "--model",
+        "resnet18-xattn",
+        "--data",
+        str(shapes_dir),
+        "--out",
+        str(tmp_path / "ddp"),
+        *SMALL,
+        "--max-steps",
+        "4",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1  # only the main process reports
+    assert summaries[0]["processes"] == 2 and summaries[0]["distributed_type"].endswith("MULTI_CPU")
+    assert summaries[0]["steps"] == 4
+    state = json.loads((tmp_path / "ddp" / "state" / "train_state.json").read_text())
+    assert [s for s, _ in state["history"]] == [0, 1, 2, 3]
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()

@@ -1,0 +1,152 @@
+"""Caption a dataset split with any captioner and score it with the report's BLEU.
+
+    python train/evaluate_captioner.py --model resnet18-xattn --data runs/shapes_val --profile demo --split all
+    python train/evaluate_captioner.py --model clipb32-xattn --data /data/flickr8k --profile full --split val
+
+Prints JSON ``{"bleu1".."bleu4", "n", "seconds_per_image", ...}`` (BLEU from
+:func:`mmdemo.eval.bleu.corpus_bleu_scores` with its default settings, i.e. ``python -m mmdemo.eval.bleu``'s:
+every reference of an image, 0-100 scale), writes the generated captions as an ``image,caption`` CSV
+(``--out``) and the same JSON to ``--json-out`` (default: next to the weights, ``eval_<dataset>.json``, which
+the app's About tab reads; ``<dataset>`` is ``shapes`` when the folder has ``scenes.jsonl``, else its name).
+
+``--split val`` is the report's validation split (last 20 % of images); ``all`` uses every image (a fresh
+Shapes set generated with an unused seed); ``train`` the first 80 %. ``--checkpoint DIR`` evaluates a
+training output folder directly instead of the registry's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from mmdemo.registry import CAPTIONER_IDS
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, choices=CAPTIONER_IDS)
+    parser.add_argument(
+        "--data", type=Path, required=True, help="Flickr8k-layout folder (Images/ + captions.txt)"
+    )
+    parser.add_argument("--profile", choices=("demo", "full", "auto"), default="demo")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="a training output folder to evaluate instead"
+    )
+    parser.add_argument("--split", choices=("val", "train", "all"), default="val")
+    parser.add_argument("--limit", type=int, default=None, help="first N images of the split only")
+    parser.add_argument("--out", type=Path, default=None, help="captions CSV (image,caption)")
+    parser.add_argument(
+        "--json-out", type=Path, default=None, help="results JSON (default: next to the weights)"
+    )
+    parser.add_argument("--no-json-out", action="store_true", help="do not write the results JSON")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--num-beams", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if not (args.data / "captions.txt").is_file():
+        raise ValueError(f"{args.data} has no captions.txt; pass a Flickr8k-layout folder")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
+        raise ValueError(
+            f"--checkpoint {args.checkpoint} has no config.json (a train_captioner.py --out folder)"
+        )
+    return args
+
+
+def split_images(corpus: Any, split: str) -> list[str]:
+    from mmdemo.data.flickr8k import captioning_split
+
+    if split == "all":
+        return list(corpus.images)
+    train, val = captioning_split(corpus)
+    return [p.image for p in (train if split == "train" else val)]
+
+
+def dataset_name(folder: Path) -> str:
+    return "shapes" if (folder / "scenes.jsonl").is_file() else folder.resolve().name.lower()
+
+
+def load(args: argparse.Namespace) -> Any:
+    import mmdemo
+    from mmdemo.registry import get_spec
+    from mmdemo.weights import ResolvedWeights
+
+    if args.checkpoint is None:
+        return mmdemo.load_captioner(args.model, args.profile, device=args.device)
+    spec = get_spec(args.model, "captioner")
+    weights = ResolvedWeights(spec.id, "demo", [args.checkpoint], ["--checkpoint"])
+    return mmdemo.adapter_class(spec).load(spec, weights, device=args.device)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from mmdemo.data.flickr8k import load_flickr8k
+    from mmdemo.eval.bleu import corpus_bleu_scores
+
+    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    corpus = load_flickr8k(args.data)
+    names = split_images(corpus, args.split)[: args.limit]
+    captioner = load(args)
+    options: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.max_new_tokens is not None:
+        options["max_new_tokens"] = args.max_new_tokens
+    if args.num_beams is not None:
+        options["num_beams"] = args.num_beams
+    hypotheses: list[str] = []
+    seconds = 0.0
+    for start in range(0, len(names), args.batch_size):
+        images = [
+            corpus.open_image(n) for n in names[start : start + args.batch_size]
+        ]  # reading is not timed
+        began = time.perf_counter()
+        hypotheses.extend(captioner.caption(images, **options))
+        seconds += time.perf_counter() - began
+    scores = corpus_bleu_scores(hypotheses, [corpus.captions[n] for n in names])
+    folder = args.checkpoint or captioner.weights.folder
+    result = {
+        **{k: round(float(scores[k]), 2) for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
+        "n": int(scores["n"]),
+        "seconds_per_image": round(seconds / len(names), 5),
+        "model": args.model,
+        "profile": captioner.weights.profile,
+        "weights": str(folder),
+        "data": str(args.data),
+        "dataset": dataset_name(args.data),
+        "split": args.split,
+        "options": options,
+        "device": str(getattr(captioner, "device", "cpu")),
+        "threads": torch.get_num_threads(),
+    }
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "caption"])
+            writer.writerows(zip(names, hypotheses))
+    if not args.no_json_out:
+        json_out = args.json_out or Path(folder) / f"eval_{result['dataset']}.json"
+        try:
+            json_out.write_text(json.dumps(result, indent=1) + "\n")
+        except OSError as err:
+            print(f"warning: could not write {json_out}: {err}; pass --json-out", file=sys.stderr)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,539 @@
+"""Train any of the four captioners on Flickr8k (or Shapes) with the report's recipe.
+
+    python train/train_captioner.py --model resnet18-xattn --data /data/flickr8k --out runs/resnet18-xattn
+    accelerate launch --num_processes 2 train/train_captioner.py --model clipb32-xattn --data ... --out ...
+    python train/train_captioner.py --model resnet18-xattn --size tiny --init-dir runs/vision_resnet18-tiny \\
+        --data runs/shapes --out runs/demo-resnet --save-dtype fp16          # the demo (see the model cards)
+
+Defaults are the report's (SPEC section 3): Adam lr 1e-4, weight decay 1e-4, StepLR(30 epochs, 0.1), 50
+epochs, batch 24 (global: split over processes), seed 2024, the report's captioning split (one caption per
+image, first 80 % of images train), best-validation-loss checkpoint.
+
+The frozen encoder runs once: its features for every image are computed before training and cached in
+``--cache-dir`` under a key made of ``network.encoder_fingerprint()`` (encoder weights, input size,
+normalisation), the data folder's image list and captions file, and the feature dtype; a changed encoder
+or preprocessing gives a new key, so stale features are never reused (``--no-cache-features`` keeps them
+in memory only).
+
+Output folder ``--out``: ``config.json`` + ``model.safetensors`` (+ tokenizer files) of the best
+validation epoch, loadable with ``CaptionNetwork.from_pretrained`` and, copied to
+``checkpoints/demo/<id>/``, by ``mmdemo.load_captioner(id, profile="demo")``; ``loss_curve.png``;
+``train_log.json``; ``state/`` (accelerate state + ``train_state.json``) from which
+``--resume-from-checkpoint latest`` continues at the exact next step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mmdemo.captioners.base import CaptionNetwork, Features, features_cat, features_index, features_to  # noqa: E402
+
+STATE_DIR = "state"
+TRAIN_STATE = "train_state.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def data_split(corpus: Any, captions_per_image: int, max_train: int | None, max_val: int | None) -> tuple:
+    """Train pairs (``captions_per_image`` first captions of each training image) and validation pairs.
+
+    Images and the 80/20 split are the report's (:func:`mmdemo.data.flickr8k.captioning_split`); with
+    ``captions_per_image=1`` the pairs are exactly its pairs.
+    """
+    from mmdemo.data.flickr8k import ImageCaption, captioning_split
+
+    train, val = captioning_split(corpus)
+    train, val = train[:max_train] if max_train else train, val[:max_val] if max_val else val
+    if captions_per_image > 1:
+        train = [
+            ImageCaption(p.image, c) for p in train for c in corpus.captions[p.image][:captions_per_image]
+        ]
+    return train, val
+
+
+def third_party_sources(spec: Any, overrides: list[Path] | None) -> list[Path]:
+    """Local folders of the spec's third-party sources (everything but our own weights), in registry order."""
+    from mmdemo.registry import OWN_WEIGHTS_REPO
+    from mmdemo.weights import WeightsUnavailable, hub_reachable, local_folder
+
+    sources = [s for s in spec.sources if s.repo_id != OWN_WEIGHTS_REPO]
+    if overrides:
+        if len(overrides) != len(sources):
+            raise ValueError(
+                f"--source-dir given {len(overrides)} times; {spec.id} needs {len(sources)}: "
+                + ", ".join(s.repo_id for s in sources)
+            )
+        return list(overrides)
+    folders = []
+    for source in sources:
+        local = local_folder(spec, source)
+        if local.is_dir() and any(local.iterdir()):
+            folders.append(local)
+            continue
+        try:
+            from huggingface_hub import snapshot_download
+
+            prefix = f"{source.subfolder}/" if source.subfolder else ""
+            folder = Path(
+                snapshot_download(
+                    source.repo_id,
+                    allow_patterns=[prefix + f for f in source.files],
+                    local_files_only=not hub_reachable(),
+                )
+            )
+            folders.append(folder / source.subfolder if source.subfolder else folder)
+        except Exception as err:  # noqa: BLE001 - any failure means the pretrained part is unavailable
+            raise WeightsUnavailable(
+                spec.id,
+                "full (training)",
+                [str(local), f"Hub {source.repo_id}: {type(err).__name__}"],
+                f"download {source.repo_id} ({', '.join(source.files)}) to {local}, or pass --source-dir, "
+                "or train the tiny size (--size tiny)",
+            ) from err
+    return folders
+
+
+def cache_key(network: CaptionNetwork, corpus: Any, names: list[str], dtype: str) -> str:
+    digest = hashlib.sha256()
+    captions_file = Path(corpus.root) / "captions.txt" if corpus.root else None
+    stat = captions_file.stat() if captions_file and captions_file.is_file() else None
+    parts = [
+        network.encoder_fingerprint(),
+        str(Path(corpus.root).resolve()) if corpus.root else "",
+        f"{stat.st_size}-{stat.st_mtime_ns}" if stat else "",
+        dtype,
+        "\n".join(names),
+    ]
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]
+
+
+def compute_features(
+    network: CaptionNetwork,
+    corpus: Any,
+    names: list[str],
+    batch_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    show: bool,
+) -> Features:
+    from tqdm.auto import tqdm
+
+    parts = []
+    network.eval()
+    for start in tqdm(range(0, len(names), batch_size), desc="encoding images", disable=not show):
+        images = [corpus.open_image(n) for n in names[start : start + batch_size]]
+        with torch.inference_mode():
+            features = network.encode_images(network.preprocess(images).to(device))
+        parts.append(features_to(features, "cpu", dtype))
+    return features_cat(parts)
+
+
+def load_or_compute_features(
+    args: argparse.Namespace, network: CaptionNetwork, corpus: Any, names: list[str], accelerator: Any
+) -> tuple[Features, dict]:
+    """Features of ``names`` (in that order), from the disk cache when its key matches."""
+    from safetensors.torch import load_file, save_file
+
+    dtype = DTYPES[args.feature_dtype]
+    info: dict[str, Any] = {"cache": "off"}
+    if args.no_cache_features:
+        feats = compute_features(
+            network,
+            corpus,
+            names,
+            args.encode_batch_size,
+            dtype,
+            accelerator.device,
+            accelerator.is_local_main_process,
+        )
+        return feats, info
+    key = cache_key(network, corpus, names, args.feature_dtype)
+    path = args.cache_dir / f"features-{key}.safetensors"
+    info = {"cache": str(path), "key": key}
+    with accelerator.main_process_first():  # the main process writes it; the others then read it
+        if path.is_file():
+            stored = load_file(str(path))
+            info["hit"] = True
+        else:
+            info["hit"] = False
+            feats = compute_features(
+                network,
+                corpus,
+                names,
+                args.encode_batch_size,
+                dtype,
+                accelerator.device,
+                accelerator.is_local_main_process,
+            )
+            stored = feats if isinstance(feats, dict) else {"__tensor__": feats}
+            if accelerator.is_main_process:
+                args.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                save_file({k: v.contiguous() for k, v in stored.items()}, str(tmp))
+                tmp.replace(path)
+    feats = stored["__tensor__"] if set(stored) == {"__tensor__"} else stored
+    return feats, info
+
+
+def plot_loss_curve(path: Path, history: list[list[float]], val_history: list[list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history:
+        steps, losses = zip(*history)
+        ax.plot(steps, losses, lw=0.6, alpha=0.5, label="train (per step)")
+        window = max(1, len(losses) // 50)
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
+        ax.plot(steps, smooth, lw=1.5, label=f"train (mean of {window})")
+    if val_history:
+        steps, losses = zip(*[(s, v) for s, _, v in val_history])
+        ax.plot(steps, losses, "o-", label="validation (per epoch)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from mmdemo.registry import CAPTIONER_IDS
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, choices=CAPTIONER_IDS)
+    parser.add_argument(
+        "--data", type=Path, required=True, help="Flickr8k-layout folder (Images/ + captions.txt)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (checkpoint, state, loss curve)"
+    )
+    parser.add_argument(
+        "--size", choices=("full", "tiny"), default="full", help="registry full_config or tiny_config"
+    )
+    parser.add_argument(
+        "--config-override", default="{}", help="JSON merged into the config, e.g. '{\"num_layers\": 1}'"
+    )
+    parser.add_argument("--init-dir", type=Path, default=None, help="our pretrained tiny frozen parts (demo)")
+    parser.add_argument(
+        "--source-dir",
+        type=Path,
+        action="append",
+        default=None,
+        help="folder of a third-party source (full size), once per source in registry order",
+    )
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=24, help="global batch size (split over processes)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--lr-step-epochs", type=int, default=30, help="StepLR step size in epochs")
+    parser.add_argument("--lr-gamma", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=1,
+        help="training captions per image (report: 1, the first; up to 5 as augmentation)",
+    )
+    parser.add_argument("--max-train-images", type=int, default=None)
+    parser.add_argument("--max-val-images", type=int, default=None)
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps"
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long"
+    )
+    parser.add_argument("--checkpointing-steps", type=int, default=500)
+    parser.add_argument(
+        "--resume-from-checkpoint", default=None, help='"latest" (OUT/state) or a state folder'
+    )
+    parser.add_argument(
+        "--no-cache-features", action="store_true", help="keep encoder features in memory only"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache folder (default OUT/feature_cache)"
+    )
+    parser.add_argument("--feature-dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--encode-batch-size", type=int, default=64)
+    parser.add_argument("--eval-batch-size", type=int, default=128)
+    parser.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default="auto")
+    parser.add_argument(
+        "--save-dtype", choices=("fp32", "fp16"), default="fp32", help="dtype of the saved weights"
+    )
+    args = parser.parse_args(argv)
+
+    if not (args.data / "captions.txt").is_file():
+        raise ValueError(
+            f"{args.data} has no captions.txt; pass a Flickr8k-layout folder "
+            "(python -m mmdemo.data.shapes --out DIR writes one)"
+        )
+    for name in (
+        "epochs",
+        "batch_size",
+        "captions_per_image",
+        "checkpointing_steps",
+        "encode_batch_size",
+        "eval_batch_size",
+        "lr_step_epochs",
+    ):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.captions_per_image > 5:
+        raise ValueError("--captions-per-image must be between 1 and 5")
+    if not (args.lr > 0 and args.weight_decay >= 0 and 0 < args.lr_gamma <= 1):
+        raise ValueError("--lr must be > 0, --weight-decay >= 0 and --lr-gamma in (0, 1]")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError("--max-steps must be at least 1")
+    try:
+        args.config_override = json.loads(args.config_override)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config-override is not valid JSON: {err}") from None
+    if not isinstance(args.config_override, dict):
+        raise ValueError("--config-override must be a JSON object")
+    if args.init_dir is not None and not args.init_dir.is_dir():
+        raise ValueError(f"--init-dir {args.init_dir} is not a folder")
+    if args.init_dir is not None and args.size == "full":
+        raise ValueError("--init-dir holds tiny pretrained parts; use it with --size tiny")
+    args.cache_dir = args.cache_dir or args.out / "feature_cache"
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from mmdemo import adapter_class
+    from mmdemo.data.flickr8k import load_flickr8k
+    from mmdemo.registry import get_spec
+
+    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
+    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision(args.mixed_precision), cpu=not torch.cuda.is_available()
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(args.seed)
+    spec = get_spec(args.model, "captioner")
+    cls = adapter_class(spec)
+    config = {**(spec.tiny_config if args.size == "tiny" else spec.full_config), **args.config_override}
+
+    corpus = load_flickr8k(args.data)
+    train_pairs, val_pairs = data_split(
+        corpus, args.captions_per_image, args.max_train_images, args.max_val_images
+    )
+    if len(train_pairs) < world or not val_pairs:
+        raise ValueError(
+            f"too few images: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs"
+        )
+    sources = third_party_sources(spec, args.source_dir) if args.size == "full" else None
+    network = cls.network_for_training(
+        config,
+        train_captions=[p.caption for p in train_pairs],
+        sources=sources,
+        init_dir=args.init_dir,
+        device=accelerator.device,
+    )
+
+    # Frozen-encoder features, once, for every image in use (train then validation order).
+    names = list(dict.fromkeys([p.image for p in train_pairs] + [p.image for p in val_pairs]))
+    row_of = {name: i for i, name in enumerate(names)}
+    features, cache_info = load_or_compute_features(args, network, corpus, names, accelerator)
+    train_rows = torch.tensor([row_of[p.image] for p in train_pairs])
+    val_rows = torch.tensor([row_of[p.image] for p in val_pairs])
+
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=args.lr, weight_decay=args.weight_decay)
+    # Stepped once per epoch by us, so it is not given to prepare() (which would step it per process).
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.lr_step_epochs, gamma=args.lr_gamma)
+    model, optimizer = accelerator.prepare(network, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    unwrapped: CaptionNetwork = accelerator.unwrap_model(model)
+
+    # Every global batch is `batch_size` pairs of a per-epoch permutation seeded by (seed, epoch); process r
+    # takes rows r, r + world, ... of it. So the step -> data mapping is a pure function of the step number,
+    # which is what lets a resumed run continue exactly where the interrupted one stopped.
+    steps_per_epoch = len(train_pairs) // args.batch_size + (len(train_pairs) % args.batch_size >= world)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    state: dict[str, Any] = {
+        "global_step": 0,
+        "best_val_loss": math.inf,
+        "best_epoch": None,
+        "history": [],
+        "val_history": [],
+        "epochs_done": 0,
+    }
+    state_dir = args.out / STATE_DIR
+    if args.resume_from_checkpoint:
+        resume = state_dir if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        if (resume / TRAIN_STATE).is_file():
+            accelerator.load_state(str(resume))
+            state = json.loads((resume / TRAIN_STATE).read_text())
+            accelerator.print(f"resumed from {resume} at step {state['global_step']}")
+        elif args.resume_from_checkpoint != "latest":
+            raise ValueError(f"no checkpoint in {resume} (expected {TRAIN_STATE})")
+        else:
+            accelerator.print(f"no checkpoint in {resume}; starting from scratch")
+
+    def save_state() -> None:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            (state_dir / TRAIN_STATE).write_text(json.dumps(state))
+
+    def validation_loss() -> float:
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad(), accelerator.autocast():
+            for start in range(0, len(val_pairs), args.eval_batch_size):
+                pairs = val_pairs[start : start + args.eval_batch_size]
+                feats = features_to(
+                    features_index(features, val_rows[start : start + len(pairs)]), accelerator.device
+                )
+                total += unwrapped(feats, [p.caption for p in pairs]).item() * len(pairs)
+                count += len(pairs)
+        model.train()
+        return total / count
+
+    def batch_rows(epoch: int, index: int) -> torch.Tensor:
+        order = torch.randperm(
+            len(train_pairs), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        )
+        return order[index * args.batch_size : (index + 1) * args.batch_size][rank::world]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    start_time = time.time()
+    progress = tqdm(
+        total=total_steps,
+        initial=state["global_step"],
+        desc=args.model,
+        disable=not accelerator.is_local_main_process,
+    )
+    model.train()
+    stopped_early = False
+    while state["global_step"] < total_steps:
+        step = state["global_step"]
+        epoch, index = divmod(step, steps_per_epoch)
+        rows = batch_rows(epoch, index)
+        # Dropout noise is a function of the step too (not of how many steps this process has run).
+        torch.manual_seed(args.seed * 1_000_003 + step * world + rank)
+        feats = features_to(features_index(features, train_rows[rows]), accelerator.device)
+        with accelerator.autocast():
+            loss = model(feats, [train_pairs[i].caption for i in rows.tolist()])
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+        state["history"].append([step, mean_loss])
+        state["global_step"] = step = step + 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{mean_loss:.3f}", epoch=epoch, lr=f"{scheduler.get_last_lr()[0]:.1e}")
+        if step % steps_per_epoch == 0:  # end of an epoch: validate, keep the best, step the LR schedule
+            val = validation_loss()
+            state["val_history"].append([step, epoch, val])
+            state["epochs_done"] = epoch + 1
+            scheduler.step()
+            if val < state["best_val_loss"]:
+                state["best_val_loss"], state["best_epoch"] = val, epoch
+                if accelerator.is_main_process:
+                    unwrapped.save_pretrained(
+                        args.out,
+                        include_frozen=args.size == "tiny",
+                        dtype=torch.float16 if args.save_dtype == "fp16" else None,
+                    )
+            accelerator.print(f"epoch {epoch}: validation loss {val:.4f} (best {state['best_val_loss']:.4f})")
+            save_state()
+        elif step % args.checkpointing_steps == 0:
+            save_state()
+        if (
+            args.max_minutes is not None
+            and time.time() - start_time > 60 * args.max_minutes
+            and step < total_steps
+        ):
+            stopped_early = True
+            break
+    progress.close()
+    if state["global_step"] % steps_per_epoch:  # stopped inside an epoch: keep the exact place
+        save_state()
+    if not (args.out / "config.json").is_file() and accelerator.is_main_process:
+        # No epoch finished yet (a short or interrupted run): still leave a loadable checkpoint.
+        unwrapped.save_pretrained(
+            args.out,
+            include_frozen=args.size == "tiny",
+            dtype=torch.float16 if args.save_dtype == "fp16" else None,
+        )
+    summary = {
+        "model": args.model,
+        "size": args.size,
+        "steps": state["global_step"],
+        "epochs_done": state["epochs_done"],
+        "best_val_loss": state["best_val_loss"] if math.isfinite(state["best_val_loss"]) else None,
+        "best_epoch": state["best_epoch"],
+        "train_pairs": len(train_pairs),
+        "val_pairs": len(val_pairs),
+        "processes": world,
+        "distributed_type": str(accelerator.distributed_type),
+        "feature_cache": cache_info,
+        "minutes_this_run": round((time.time() - start_time) / 60, 2),
+        "stopped_early": stopped_early,
+    }
+    if accelerator.is_main_process:
+        plot_loss_curve(args.out / "loss_curve.png", state["history"], state["val_history"])
+        log = {
+            **summary,
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "config": unwrapped.config_dict(),
+            "history": state["history"],
+            "val_history": state["val_history"],
+        }
+        (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
+        print(json.dumps(summary))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())
