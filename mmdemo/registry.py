@@ -142,7 +142,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         id="qformer-bert",
         display_name="EVA-CLIP ViT-g/14 + Q-Former (BERT decoding)",
         kind="captioner",
-        adapter=None,
+        adapter="mmdemo.captioners.qformer:QFormerBertCaptioner",
         full_config=dict(vision="eva-vit-g-14", num_query_tokens=32, qformer_hidden=768, qformer_layers=12,
                          cross_attention_frequency=2, tokenizer="bert-base-uncased"),
         # Same classes at Shapes size; the frozen tiny ViT is pretrained by train/pretrain_tiny_eva.py (card).
@@ -166,7 +166,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         id="qformer-tinyllama",
         display_name="EVA-CLIP ViT-g/14 + BLIP-2 Q-Former + TinyLlama-1.1B",
         kind="captioner",
-        adapter=None,
+        adapter="mmdemo.captioners.qformer:QFormerLlamaCaptioner",
         full_config=dict(vision="eva-vit-g-14", num_query_tokens=32, qformer_hidden=768, llm_hidden=2048,
                          llm="TinyLlama/TinyLlama-1.1B-Chat-v1.0", prompt="Generate a simple short caption:"),
         tiny_config=dict(vision="eva-vit-tiny", num_query_tokens=8, qformer_hidden=128, qformer_layers=4,

@@ -1,0 +1,234 @@
+"""Pretrain the tiny BLIP-2 vision encoder (``eva-vit-tiny``) that the Q-Former demos keep frozen.
+
+The real Q-Former captioners freeze EVA-CLIP ViT-g/14, pretrained elsewhere. Offline there is none, so the
+demo follows the recipe at tiny scale: a ``Blip2VisionModel`` of the ``eva-vit-tiny`` preset
+(``mmdemo/captioners/qformer.py``) is trained here to *recognise* Shapes scenes from ``scenes.jsonl`` (for
+each of the five positions: which colour, shape and size is there, or nothing; and the background), on the
+report split's training images only and never on captions. Then
+``train/train_captioner.py --model qformer-bert --size tiny --init-dir OUT`` loads and freezes it.
+
+    python train/pretrain_tiny_eva.py --data runs/shapes_s1_n6000 --out runs/qformer_vit
+
+Writes ``OUT/config.json`` (preset, accuracies on held-out training-split images) and
+``OUT/model.safetensors`` (keys ``vision_model.*``, the captioner's own names), ``loss_curve.png`` and
+``state/`` (``--resume-from-checkpoint latest`` continues at the exact next step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mmdemo.captioners.qformer import VISION_PRESETS, _pil_to_tensor, vision_config  # noqa: E402
+
+STATE_DIR = "state"
+TRAIN_STATE = "train_state.json"
+NONE = "<none>"
+
+
+def scene_targets(scenes: list) -> tuple[torch.Tensor, list[int]]:
+    """(N, 5 * 3 + 1) class ids (per position: colour, shape, size or none; then the background), class counts."""
+    from mmdemo.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+
+    tables = [[NONE, *COLORS], [NONE, *SHAPES], [NONE, *SIZES]]
+    backgrounds = list(BACKGROUNDS)
+    rows = []
+    for scene in scenes:
+        at = {o.position: o for o in scene.objects}
+        row = []
+        for position in POSITIONS:
+            obj = at.get(position)
+            values = (obj.color, obj.shape, obj.size) if obj else (NONE, NONE, NONE)
+            row += [table.index(value) for table, value in zip(tables, values)]
+        rows.append([*row, backgrounds.index(scene.background)])
+    return torch.tensor(rows), [len(t) for t in tables] * len(POSITIONS) + [len(backgrounds)]
+
+
+class SceneProbe(nn.Module):
+    """ViT tokens (after the output LayerNorm) -> one classifier per position attribute and the background."""
+
+    def __init__(self, vision: nn.Module, tokens: int, width: int, sizes: list[int]):
+        super().__init__()
+        self.vision_model = vision
+        self.sizes = sizes
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(tokens * width, 256), nn.GELU(), nn.Linear(256, sum(sizes))
+        )
+
+    def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        hidden = self.vision_model(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, width)
+        return list(self.head(hidden).split(self.sizes, dim=-1))
+
+
+def plot_loss_curve(path: Path, history: list[list[float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if history:
+        ax.plot(*zip(*history), lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean attribute cross-entropy")
+    ax.set_title("tiny EVA ViT pretraining on Shapes scenes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="Shapes folder (Images/, captions.txt, scenes.jsonl)"
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--vision", default="eva-vit-tiny", choices=[k for k in VISION_PRESETS if k.endswith("tiny")]
+    )
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpointing-steps", type=int, default=200)
+    parser.add_argument(
+        "--resume-from-checkpoint", default=None, help='"latest" (OUT/state) or a state folder'
+    )
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop early (with a checkpoint)")
+    args = parser.parse_args(argv)
+    if not (args.data / "scenes.jsonl").is_file():
+        raise ValueError(
+            f"{args.data} has no scenes.jsonl; write a Shapes folder with python -m mmdemo.data.shapes"
+        )
+    for name in ("steps", "batch_size", "checkpointing_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.lr <= 0:
+        raise ValueError("--lr must be > 0")
+    return args
+
+
+def main(args: argparse.Namespace) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import Blip2VisionModel
+
+    from mmdemo.data.flickr8k import captioning_split, load_flickr8k
+    from mmdemo.data.shapes import load_scenes
+
+    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    accelerator = Accelerator()
+    set_seed(args.seed)
+    corpus = load_flickr8k(args.data)
+    scenes = load_scenes(args.data)
+    train, _ = captioning_split(corpus)  # the captioners' validation images stay unseen
+    names = [p.image for p in train]
+    targets, sizes = scene_targets([scenes[n] for n in names])
+    size = VISION_PRESETS[args.vision]["image_size"]
+    pixels = torch.cat([_pil_to_tensor([corpus.open_image(n) for n in names[i : i + 256]], size)
+                        for i in range(0, len(names), 256)])  # fmt: skip
+    n_held = max(1, len(names) // 10)  # accuracy check on held-out training-split images
+    vision = Blip2VisionModel(vision_config(args.vision))
+    cfg = vision.config
+    probe = SceneProbe(vision, (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size, sizes)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.01)
+    probe, optimizer = accelerator.prepare(probe, optimizer)
+    state = {"global_step": 0, "history": []}
+    state_dir = args.out / STATE_DIR
+    if args.resume_from_checkpoint:
+        resume = state_dir if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        if (resume / TRAIN_STATE).is_file():
+            accelerator.load_state(str(resume))
+            state = json.loads((resume / TRAIN_STATE).read_text())
+        elif args.resume_from_checkpoint != "latest":
+            raise ValueError(f"no checkpoint in {resume}")
+
+    def save_state() -> None:
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(state_dir))
+        if accelerator.is_main_process:
+            (state_dir / TRAIN_STATE).write_text(json.dumps(state))
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    train_rows = torch.arange(n_held, len(names))
+    per_epoch = max(1, len(train_rows) // args.batch_size)
+    start = time.time()
+    progress = tqdm(
+        total=args.steps,
+        initial=state["global_step"],
+        desc="tiny ViT",
+        disable=not accelerator.is_main_process,
+    )
+    probe.train()
+    while state["global_step"] < args.steps:
+        step = state["global_step"]
+        epoch, index = divmod(step, per_epoch)
+        order = train_rows[
+            torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        ]
+        rows = order[index * args.batch_size : (index + 1) * args.batch_size][rank::world]
+        logits = probe(pixels[rows].to(accelerator.device))
+        target = targets[rows].to(accelerator.device)
+        loss = sum(F.cross_entropy(lg, target[:, j]) for j, lg in enumerate(logits)) / len(logits)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mean = accelerator.reduce(loss.detach(), reduction="mean").item()
+        state["history"].append([step, mean])
+        state["global_step"] = step + 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{mean:.3f}")
+        if state["global_step"] % args.checkpointing_steps == 0:
+            save_state()
+        if args.max_minutes is not None and time.time() - start > 60 * args.max_minutes:
+            break
+    progress.close()
+    save_state()
+    probe.eval()
+    with torch.no_grad():
+        logits = probe(pixels[:n_held].to(accelerator.device))
+    correct = torch.stack([lg.argmax(-1).cpu() == targets[:n_held, j] for j, lg in enumerate(logits)], dim=1)
+    result = {
+        "vision": args.vision,
+        "image_size": size,
+        "data": str(args.data),
+        "seed": args.seed,
+        "steps": state["global_step"],
+        "final_loss": round(
+            sum(h[1] for h in state["history"][-20:]) / max(1, len(state["history"][-20:])), 4
+        ),
+        "held_out_attribute_accuracy": round(correct.float().mean().item(), 4),
+        "held_out_scene_accuracy": round(correct.all(dim=1).float().mean().item(), 4),
+        "minutes_this_run": round((time.time() - start) / 60, 2),
+    }
+    if accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        unwrapped = accelerator.unwrap_model(probe)
+        state_dict = {
+            f"vision_model.{k}": v.detach().cpu().contiguous()
+            for k, v in unwrapped.vision_model.state_dict().items()
+        }
+        save_file(state_dict, str(args.out / "model.safetensors"))
+        (args.out / "config.json").write_text(json.dumps(result, indent=1) + "\n")
+        plot_loss_curve(args.out / "loss_curve.png", state["history"])
+        print(json.dumps(result))
+    accelerator.end_training()
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
