@@ -1,0 +1,336 @@
+"""Our VQ-VAE latent diffusion model, as a :class:`Generator`.
+
+The network (SPEC section 4): a diffusers ``VQModel`` (codebook 8192 x 4, downsampling 8: 256x256x3 ->
+32x32x4; conv 3->64, blocks 64/128/256/256 with 2 residual layers each, self-attention in the mid block),
+a frozen CLIP ViT-B/16 text tower (77 x 512 states) and a latent ``UNet2DConditionModel`` with
+cross-attention in every block; DDPM T=1000 with scaled-linear betas (0.00085-0.012).
+
+Training is two-stage (``train/train_vqvae.py``, then ``train/train_latent_diffusion.py`` on cached
+latents); sampling denoises latents, snaps them to the codebook and decodes.
+
+Checkpoint layout (``config.json`` is :class:`LatentDiffusionConfig` as JSON)::
+
+    <folder>/config.json
+    <folder>/model.safetensors          ``vqvae.*`` (stage 1) and ``unet.*`` (stage 2)
+    <folder>/text_encoder/, tokenizer/  demo only: the tiny frozen CLIP text tower and its BPE tokenizer
+
+With the full profile the text encoder and tokenizer come from the ``openai/clip-vit-base-patch16`` snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from mmdemo.interfaces import Generator, ProgressCallback
+from mmdemo.models.diffusion.sampling import (
+    guided_sample,
+    make_scheduler,
+    resolve_request,
+    to_pil,
+    with_notices,
+)
+from mmdemo.models.diffusion.text import (
+    build_text_encoder,
+    encode_text,
+    load_text_encoder,
+    load_tokenizer,
+    truncation_notice,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from mmdemo.registry import ModelSpec
+    from mmdemo.weights import ResolvedWeights
+
+MODEL_FILE = "model.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class LatentDiffusionConfig:
+    """Architecture and schedule of the latent diffusion model (defaults: the report's full size).
+
+    Args:
+        image_size: pixels per side; latents are ``image_size // downsample`` per side.
+        num_vq_embeddings / latent_channels: the VQ codebook (entries x width).
+        downsample: VQ-VAE downsampling factor; must be ``2 ** (len(vq_block_out_channels) - 1)``.
+        vq_block_out_channels / vq_layers_per_block / vq_norm_num_groups: the diffusers ``VQModel``.
+        commitment_cost: weight of the VQ commitment loss (report: 0.2).
+        unet_*: the latent ``UNet2DConditionModel`` (cross-attention in every block).
+        cross_attention_dim: width of the text states, i.e. the text encoder's hidden size (CLIP B/16: 512).
+        text_encoder / text_encoder_config / text_max_length: as in the pixel model (CLIP: 77 tokens).
+        latent_scale: multiplies VQ latents before diffusion (unit variance); measured on the training set.
+    """
+
+    image_size: int = 256
+    num_vq_embeddings: int = 8192  # report: codebook 8192 x 4
+    latent_channels: int = 4
+    downsample: int = 8  # report: 256x256x3 -> 32x32x4
+    vq_block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    vq_layers_per_block: int = 2
+    vq_norm_num_groups: int = 32
+    commitment_cost: float = 0.2
+    unet_block_out_channels: tuple[int, ...] = (256, 512, 512)  # ours: the report gives no width
+    unet_layers_per_block: int = 2
+    unet_attention_head_dim: int = 8
+    unet_norm_num_groups: int = 32
+    cross_attention_dim: int = 512
+    text_encoder: str = "openai/clip-vit-base-patch16"
+    text_encoder_config: dict[str, Any] | None = None
+    text_max_length: int = 77
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+    latent_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.vq_block_out_channels = tuple(self.vq_block_out_channels)
+        self.unet_block_out_channels = tuple(self.unet_block_out_channels)
+        expected = 2 ** (len(self.vq_block_out_channels) - 1)
+        if self.downsample != expected:
+            raise ValueError(
+                f"downsample {self.downsample} does not match {len(self.vq_block_out_channels)} VQ blocks "
+                f"(which downsample by {expected})"
+            )
+        if self.image_size % self.downsample:
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of downsample {self.downsample}"
+            )
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.downsample
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LatentDiffusionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown LatentDiffusionConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_vqvae(config: LatentDiffusionConfig) -> nn.Module:
+    from diffusers import VQModel
+
+    n = len(config.vq_block_out_channels)
+    return VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=config.vq_block_out_channels,
+        layers_per_block=config.vq_layers_per_block,
+        latent_channels=config.latent_channels,
+        sample_size=config.image_size,
+        num_vq_embeddings=config.num_vq_embeddings,
+        vq_embed_dim=config.latent_channels,
+        norm_num_groups=config.vq_norm_num_groups,
+        mid_block_add_attention=True,  # report: mid block with self-attention
+    )
+
+
+def build_latent_unet(config: LatentDiffusionConfig) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    n = len(config.unet_block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=config.latent_size,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        layers_per_block=config.unet_layers_per_block,
+        block_out_channels=config.unet_block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n,  # cross-attention in every block
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        cross_attention_dim=config.cross_attention_dim,
+        attention_head_dim=config.unet_attention_head_dim,
+        norm_num_groups=config.unet_norm_num_groups,
+    )
+
+
+class LatentDiffusionModel(nn.Module):
+    """Frozen CLIP text tower + VQ-VAE + latent UNet."""
+
+    def __init__(self, config: LatentDiffusionConfig, text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.text_encoder = (
+            text_encoder
+            if text_encoder is not None
+            else build_text_encoder("clip", config.text_encoder_config)
+        )
+        hidden = int(self.text_encoder.config.hidden_size)
+        if hidden != config.cross_attention_dim:
+            raise ValueError(
+                f"text encoder width {hidden} != cross_attention_dim {config.cross_attention_dim}"
+            )
+        self.vqvae = build_vqvae(config)
+        self.unet = build_latent_unet(config)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("text_encoder.")}
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Diffusion latents -> images in [-1, 1]: undo the scale, snap to the codebook, decode."""
+        return self.vqvae.decode(latents / self.config.latent_scale, force_not_quantize=False).sample
+
+
+class LatentDiffusionGenerator(Generator):
+    """``latent-diffusion``: text -> 256x256 (demo: 32x32) image with the "report" (DDPM) or "fast" preset."""
+
+    param_note = (
+        "ours = diffusers VQModel (8192x4 codebook, /8, blocks 64/128/256/256) + latent UNet 256/512/512 with "
+        "cross-attention in every block (UNet width ours: the report gives none) + frozen CLIP ViT-B/16 text "
+        "tower; the report states no parameter count"
+    )
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        model: LatentDiffusionModel,
+        tokenizer: Any,
+        device: str,
+    ):
+        self.spec = spec
+        self.weights = weights
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+
+    @classmethod
+    def build_network(cls, config: dict[str, Any], device: str = "meta") -> nn.Module:
+        with torch.device(device):
+            return LatentDiffusionModel(LatentDiffusionConfig.from_dict(config))
+
+    @classmethod
+    def load(
+        cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None
+    ) -> LatentDiffusionGenerator:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if weights.profile == "demo":
+            own = weights.folder
+            text_dir, tokenizer_dir = own / TEXT_ENCODER_DIR, own / TOKENIZER_DIR
+        else:
+            text_dir = tokenizer_dir = weights.paths[0]
+            own = weights.paths[1]
+        return cls.from_folder(spec, weights, own, text_dir, tokenizer_dir, device=device)
+
+    @classmethod
+    def from_folder(
+        cls,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        own: Path,
+        text_dir: Path,
+        tokenizer_dir: Path,
+        *,
+        device: str,
+    ) -> LatentDiffusionGenerator:
+        from mmdemo.weights import load_state_dict, read_config
+
+        config = LatentDiffusionConfig.from_dict(read_config(own))
+        model = LatentDiffusionModel(config, load_text_encoder("clip", text_dir))
+        state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
+        expected = set(model.trainable_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"{own / MODEL_FILE} does not match the config: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        model.load_state_dict({**model.state_dict(), **state}, strict=True)
+        tokenizer = load_tokenizer(tokenizer_dir, config.text_max_length)
+        return cls(spec, weights, model.to(device).eval(), tokenizer, device)
+
+    def to(self, device: str) -> LatentDiffusionGenerator:
+        self.model.to(device)
+        self.device = device
+        return self
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str = "",
+        preset: str = "fast",
+        width: int | None = None,
+        height: int | None = None,
+        progress: ProgressCallback | None = None,
+        **extra: Any,
+    ) -> Image.Image:
+        config = self.model.config
+        request = resolve_request(
+            self.spec.defaults,
+            prompt=prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            preset=preset,
+            width=width,
+            height=height,
+            native_size=config.image_size,
+            max_steps=config.num_train_timesteps,
+            model_name=self.spec.display_name,
+        )
+        images, truncated = sample_latent_images(
+            self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
+            steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
+        )  # fmt: skip
+        notices = list(request.notices)
+        if truncated[0]:
+            notices.append(truncation_notice(config.text_max_length))
+        return with_notices(
+            images[0], notices, seed=request.seed, steps=request.steps, guidance=request.guidance,
+            preset=request.preset, weights=self.weights.label,
+        )  # fmt: skip
+
+
+@torch.no_grad()
+def sample_latent_images(
+    model: LatentDiffusionModel,
+    tokenizer: Any,
+    prompts: list[str],
+    negative_prompt: str = "",
+    *,
+    seed: int,
+    steps: int,
+    guidance: float,
+    preset: str,
+    progress: ProgressCallback | None = None,
+) -> tuple[list[Any], list[bool]]:
+    """Images for ``prompts`` (one batch, one generator seeded with ``seed``); shared with training."""
+    config = model.config
+    device = next(model.unet.parameters()).device
+    cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
+    uncond = encode_text(
+        tokenizer, model.text_encoder, [negative_prompt] * len(prompts), config.text_max_length, device
+    )
+    scheduler = make_scheduler(preset, config, clip_sample=False)
+    shape = (len(prompts), config.latent_channels, config.latent_size, config.latent_size)
+    generator = torch.Generator().manual_seed(int(seed))
+    unet = model.unet
+    # Like Stable Diffusion, the UNet attends to every CLIP position (padding included): no mask.
+    latents = guided_sample(
+        lambda x, t, states, mask: unet(x, t, encoder_hidden_states=states).sample,
+        scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
+        progress=progress,
+    )  # fmt: skip
+    return to_pil(model.decode(latents)), cond.truncated

@@ -1,0 +1,311 @@
+"""Our pixel-space diffusion model ("our diffusion" in the report), as a :class:`Generator`.
+
+The network (SPEC section 4): a diffusers ``UNet2DConditionModel`` on 64x64 RGB pixels with the report's
+exact configuration (blocks 64/128/256/256, two layers each, cross-attention in the two high-resolution
+blocks, cross-attention width 512), conditioned on a frozen ``bert-base-uncased`` through a trainable
+Linear(768, 512) -> GELU -> LayerNorm projection; DDPM with 1000 linear-beta steps and epsilon prediction.
+
+Checkpoint layout (``config.json`` is :class:`PixelDiffusionConfig` as JSON)::
+
+    <folder>/config.json
+    <folder>/model.safetensors          the trainable part: ``text_proj.*`` and ``unet.*``
+    <folder>/text_encoder/              demo only: the tiny frozen BERT (``from_pretrained`` layout)
+    <folder>/tokenizer/                 demo only: its tokenizer
+
+With the full profile the text encoder and tokenizer come from the ``bert-base-uncased`` snapshot instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from mmdemo.interfaces import Generator, ProgressCallback
+from mmdemo.models.diffusion.sampling import (
+    guided_sample,
+    make_scheduler,
+    resolve_request,
+    to_pil,
+    with_notices,
+)
+from mmdemo.models.diffusion.text import (
+    build_text_encoder,
+    encode_text,
+    load_text_encoder,
+    load_tokenizer,
+    truncation_notice,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from mmdemo.registry import ModelSpec
+    from mmdemo.weights import ResolvedWeights
+
+MODEL_FILE = "model.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class PixelDiffusionConfig:
+    """Architecture and noise schedule of the pixel diffusion model (defaults: the report's full size).
+
+    Args:
+        sample_size: image side in pixels the UNet is trained at.
+        block_out_channels / layers_per_block / down_block_types / up_block_types: the diffusers UNet.
+        cross_attention_dim: width of the projected text states the UNet attends to.
+        attention_head_dim: diffusers' (historically misnamed) number of attention heads.
+        norm_num_groups: GroupNorm groups in the UNet (must divide every block width).
+        text_encoder: Hub id of the frozen encoder, or the name of a tiny one trained on Shapes.
+        text_encoder_config: ``BertConfig`` kwargs of a tiny encoder; None for the Hub model's own config.
+        text_max_length: tokens per prompt (padded or truncated).
+        num_train_timesteps / beta_schedule / beta_start / beta_end / prediction_type: the DDPM schedule.
+    """
+
+    sample_size: int = 64  # report: 64x64 pixels
+    in_channels: int = 3
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    layers_per_block: int = 2
+    down_block_types: tuple[str, ...] = (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+        "DownBlock2D",
+    )
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    cross_attention_dim: int = 512  # report: BERT 768 -> 512 projection
+    attention_head_dim: int = 8  # diffusers default
+    norm_num_groups: int = 32
+    text_encoder: str = "google-bert/bert-base-uncased"
+    text_encoder_config: dict[str, Any] | None = None
+    text_max_length: int = 24  # report: text max length 24
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # report: linear betas, epsilon prediction
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.down_block_types = tuple(self.down_block_types)
+        self.up_block_types = tuple(self.up_block_types)
+        if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
+            raise ValueError(
+                "block_out_channels, down_block_types and up_block_types must have the same length"
+            )
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(
+                f"norm_num_groups {self.norm_num_groups} must divide every block width {self.block_out_channels}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PixelDiffusionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown PixelDiffusionConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PixelDenoiser(nn.Module):
+    """The trainable part: text projection + UNet. (The unit ``accelerate`` wraps for DDP.)"""
+
+    def __init__(self, config: PixelDiffusionConfig, text_hidden: int):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        dim = config.cross_attention_dim
+        self.text_proj = nn.Sequential(nn.Linear(text_hidden, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.unet = UNet2DConditionModel(
+            sample_size=config.sample_size,
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            layers_per_block=config.layers_per_block,
+            block_out_channels=config.block_out_channels,
+            down_block_types=config.down_block_types,
+            up_block_types=config.up_block_types,
+            cross_attention_dim=dim,
+            attention_head_dim=config.attention_head_dim,
+            norm_num_groups=config.norm_num_groups,
+        )
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_hidden: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        states = self.text_proj(text_hidden)  # (B, L, cross_attention_dim)
+        return self.unet(
+            sample, timesteps, encoder_hidden_states=states, encoder_attention_mask=text_mask
+        ).sample
+
+
+class PixelDiffusionModel(nn.Module):
+    """Frozen BERT + :class:`PixelDenoiser`."""
+
+    def __init__(self, config: PixelDiffusionConfig, text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.text_encoder = (
+            text_encoder
+            if text_encoder is not None
+            else build_text_encoder("bert", config.text_encoder_config)
+        )
+        self.denoiser = PixelDenoiser(config, int(self.text_encoder.config.hidden_size))
+
+
+class PixelDiffusionGenerator(Generator):
+    """``pixel-diffusion``: text -> 64x64 (demo: 32x32) image with the "report" (DDPM) or "fast" preset."""
+
+    param_note = (
+        "ours = the report's UNet2DConditionModel config exactly + frozen bert-base-uncased (without its "
+        "unused pooler) + trainable Linear(768,512)/GELU/LayerNorm; the report states no parameter count"
+    )
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        model: PixelDiffusionModel,
+        tokenizer: Any,
+        device: str,
+    ):
+        self.spec = spec
+        self.weights = weights
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+
+    @classmethod
+    def build_network(cls, config: dict[str, Any], device: str = "meta") -> nn.Module:
+        with torch.device(device):
+            return PixelDiffusionModel(PixelDiffusionConfig.from_dict(config))
+
+    @classmethod
+    def load(
+        cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None
+    ) -> PixelDiffusionGenerator:
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if weights.profile == "demo":
+            own = weights.folder
+            text_dir, tokenizer_dir = own / TEXT_ENCODER_DIR, own / TOKENIZER_DIR
+        else:
+            text_dir = tokenizer_dir = weights.paths[0]
+            own = weights.paths[1]
+        return cls.from_folder(spec, weights, own, text_dir, tokenizer_dir, device=device)
+
+    @classmethod
+    def from_folder(
+        cls,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        own: Path,
+        text_dir: Path,
+        tokenizer_dir: Path,
+        *,
+        device: str,
+    ) -> PixelDiffusionGenerator:
+        from mmdemo.weights import load_state_dict, read_config
+
+        config = PixelDiffusionConfig.from_dict(read_config(own))
+        model = PixelDiffusionModel(config, load_text_encoder("bert", text_dir))
+        state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
+        model.denoiser.load_state_dict(state, strict=True)
+        tokenizer = load_tokenizer(tokenizer_dir, config.text_max_length)
+        return cls(spec, weights, model.to(device).eval(), tokenizer, device)
+
+    def to(self, device: str) -> PixelDiffusionGenerator:
+        self.model.to(device)
+        self.device = device
+        return self
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seed: int,
+        steps: int | None = None,
+        guidance: float | None = None,
+        negative_prompt: str = "",
+        preset: str = "fast",
+        width: int | None = None,
+        height: int | None = None,
+        progress: ProgressCallback | None = None,
+        **extra: Any,
+    ) -> Image.Image:
+        config = self.model.config
+        request = resolve_request(
+            self.spec.defaults,
+            prompt=prompt,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            preset=preset,
+            width=width,
+            height=height,
+            native_size=config.sample_size,
+            max_steps=config.num_train_timesteps,
+            model_name=self.spec.display_name,
+        )
+        image = sample_pixels(
+            self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
+            steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
+        )  # fmt: skip
+        notices = list(request.notices)
+        if image.truncated[0]:
+            notices.append(truncation_notice(config.text_max_length))
+        return with_notices(
+            image.images[0], notices, seed=request.seed, steps=request.steps, guidance=request.guidance,
+            preset=request.preset, weights=self.weights.label,
+        )  # fmt: skip
+
+
+@dataclass
+class Sampled:
+    images: list[Any]
+    truncated: list[bool]
+
+
+@torch.no_grad()
+def sample_pixels(
+    model: PixelDiffusionModel,
+    tokenizer: Any,
+    prompts: list[str],
+    negative_prompt: str = "",
+    *,
+    seed: int,
+    steps: int,
+    guidance: float,
+    preset: str,
+    progress: ProgressCallback | None = None,
+) -> Sampled:
+    """Images for ``prompts`` (one batch, one generator seeded with ``seed``). Used by the adapter and training."""
+    config = model.config
+    device = next(model.denoiser.parameters()).device
+    cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
+    uncond = encode_text(
+        tokenizer, model.text_encoder, [negative_prompt] * len(prompts), config.text_max_length, device
+    )
+    denoiser = model.denoiser
+    scheduler = make_scheduler(preset, config, clip_sample=True)
+    shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
+    generator = torch.Generator().manual_seed(int(seed))
+    sample = guided_sample(
+        lambda x, t, states, mask: denoiser(x, t, states, mask),
+        scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
+        cond_mask=cond.attention_mask, uncond_mask=uncond.attention_mask, progress=progress,
+    )  # fmt: skip
+    return Sampled(to_pil(sample), cond.truncated)

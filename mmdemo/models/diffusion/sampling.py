@@ -1,0 +1,204 @@
+"""Noise schedules, the two sampling presets and the classifier-free-guidance loop.
+
+Presets (the same for both of our diffusion models):
+
+* ``report``: what the report sampled with, ``DDPMScheduler`` ancestral sampling (100 steps for pixel
+  diffusion, 1000 for the latent model: the model's ``steps`` default in the registry);
+* ``fast``: ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M), at most ``FAST_MAX_DEFAULT_STEPS`` steps by
+  default (the registry's ``fast_steps``), which reaches the quality of the long DDPM chain in a fraction
+  of the network calls (``bench/diffusion_presets.py`` measures both).
+
+Every call draws its noise from its own ``torch.Generator`` seeded with the request's seed, so the same seed
+gives the same image whatever else runs in the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+FAST_MAX_DEFAULT_STEPS = 25
+PRESET_SCHEDULERS = {"report": "DDPMScheduler", "fast": "DPMSolverMultistepScheduler"}
+
+# (latents, timesteps, text states, text mask) -> model output of the same shape as latents
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def schedule_kwargs(config: Any) -> dict[str, Any]:
+    """The noise-schedule settings every scheduler of this model shares (from the family config)."""
+    kwargs: dict[str, Any] = dict(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+    )
+    if config.beta_schedule in ("linear", "scaled_linear"):
+        kwargs.update(beta_start=config.beta_start, beta_end=config.beta_end)
+    return kwargs
+
+
+def training_scheduler(config: Any, *, clip_sample: bool) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**schedule_kwargs(config), clip_sample=clip_sample)
+
+
+def make_scheduler(preset: str, config: Any, *, clip_sample: bool) -> Any:
+    """A fresh scheduler for one call (schedulers keep per-call state, so they are never shared)."""
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    if preset == "report":
+        return DDPMScheduler(**schedule_kwargs(config), clip_sample=clip_sample)
+    if preset == "fast":
+        # final_sigmas_type "zero" ends on the clean image; lower_order_final keeps <15-step runs stable.
+        return DPMSolverMultistepScheduler(
+            **schedule_kwargs(config),
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            lower_order_final=True,
+            final_sigmas_type="zero",
+        )
+    raise ValueError(f"unknown preset {preset!r}; choose 'fast' or 'report'")
+
+
+@torch.no_grad()
+def guided_sample(
+    denoise: DenoiseFn,
+    scheduler: Any,
+    shape: tuple[int, ...],
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    *,
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+    cond_mask: torch.Tensor | None = None,
+    uncond_mask: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Run ``scheduler`` for ``steps`` steps with classifier-free guidance; returns the clean sample.
+
+    ``guidance`` g mixes the two predictions as ``uncond + g * (cond - uncond)``: 1 is the plain conditional
+    model, 0 the unconditional one. At g == 1 the unconditional pass is skipped.
+    """
+    device = cond.device
+    scheduler.set_timesteps(steps, device=device)
+    # Noise comes from the call's own generator on the CPU, so a seed gives the same image on any device.
+    sample = (
+        torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * scheduler.init_noise_sigma
+    )
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        if guidance == 1.0:
+            model_in = scheduler.scale_model_input(sample, t)
+            pred = denoise(model_in, t.expand(shape[0]), cond, cond_mask)
+        else:
+            model_in = scheduler.scale_model_input(torch.cat([sample, sample]), t)
+            states = torch.cat([uncond, cond])
+            mask = None if cond_mask is None else torch.cat([uncond_mask, cond_mask])
+            pred_uncond, pred_cond = denoise(model_in, t.expand(2 * shape[0]), states, mask).chunk(2)
+            pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+        sample = scheduler.step(pred, t, sample, generator=generator).prev_sample
+        if progress is not None:
+            progress(i + 1, len(timesteps))
+    return sample
+
+
+def to_pil(images: torch.Tensor) -> list[Any]:
+    """(B, 3, H, W) in [-1, 1] -> RGB PIL images."""
+    from PIL import Image
+
+    array = (
+        ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )
+    return [Image.fromarray(a, mode="RGB") for a in array]
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+@dataclass
+class ResolvedRequest:
+    """A generation request after the shared input checks, with the preset's defaults filled in."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    preset: str
+    notices: list[str] = field(default_factory=list)
+
+
+def resolve_request(
+    defaults: dict[str, Any],
+    *,
+    prompt: Any,
+    seed: Any,
+    steps: Any,
+    guidance: Any,
+    negative_prompt: Any,
+    preset: Any,
+    width: Any,
+    height: Any,
+    native_size: int,
+    max_steps: int,
+    model_name: str,
+) -> ResolvedRequest:
+    """Check every user input (``mmdemo.inputs``) and fill in the model's defaults for ``preset``.
+
+    Rules, beyond ``mmdemo.inputs``: ``steps`` None -> the preset's default (registry ``steps`` for
+    "report", ``fast_steps`` for "fast"); more than ``max_steps`` (the training schedule's length) is clamped
+    with a notice; ``width``/``height`` other than the model's training size are ignored with a notice,
+    because a UNet trained at one size does not draw the same objects at another.
+    """
+    from mmdemo.inputs import (
+        InputError,
+        check_guidance,
+        check_negative_prompt,
+        check_prompt,
+        check_seed,
+        check_steps,
+    )
+
+    if preset not in PRESET_SCHEDULERS:
+        raise InputError(f"Unknown preset {preset!r}: choose 'fast' or 'report'.")
+    checked_prompt = check_prompt(prompt)
+    checked_negative = check_negative_prompt(negative_prompt)
+    notices = [*checked_prompt.notices, *(f"Negative prompt: {n}" for n in checked_negative.notices)]
+    seed_value = check_seed(seed).value
+    steps_value = check_steps(steps).value
+    guidance_value = check_guidance(guidance).value
+    if steps_value is None:
+        steps_value = int(defaults["steps"] if preset == "report" else defaults["fast_steps"])
+    if steps_value > max_steps:
+        notices.append(
+            f"{model_name} was trained with {max_steps} noise levels; steps were clamped to {max_steps}."
+        )
+        steps_value = max_steps
+    if guidance_value is None:
+        guidance_value = float(defaults["guidance"])
+    for name, value in (("width", width), ("height", height)):
+        if value in (None, "", 0):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"The {name} must be a number of pixels, got {value!r}.") from None
+        if number != native_size:
+            notices.append(
+                f"{model_name} draws {native_size}x{native_size} images only (its training size); "
+                f"the requested {name} {value!r} was ignored."
+            )
+    return ResolvedRequest(
+        checked_prompt.value, checked_negative.value, seed_value, steps_value, guidance_value, preset, notices
+    )
+
+
+def with_notices(image: Any, notices: list[str], **info: Any) -> Any:
+    """Attach user notices (and sampling facts) to ``image.info``, de-duplicated in order."""
+    image.info["mmdemo_notices"] = list(dict.fromkeys(notices))
+    image.info.update({f"mmdemo_{k}": v for k, v in info.items()})
+    return image

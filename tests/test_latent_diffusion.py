@@ -1,0 +1,159 @@
+"""Latent diffusion: the full-size VQ-VAE + CLIP + latent UNet on the meta device, and the adapter (tiny, untrained)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _diffusion_helpers import diffusion_assets, untrained_latent_checkpoint  # noqa: F401 - fixture
+
+import mmdemo
+from mmdemo.generators.latent_diffusion import LatentDiffusionConfig, LatentDiffusionGenerator
+from mmdemo.inputs import InputError
+from mmdemo.params import count_parameters
+from mmdemo.registry import get_spec
+
+SPEC = get_spec("latent-diffusion")
+
+
+def test_full_config_shapes_on_meta():
+    model = LatentDiffusionGenerator.build_network(SPEC.full_config, device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    vq = model.vqvae.config
+    assert (vq.num_vq_embeddings, vq.vq_embed_dim, vq.latent_channels) == (8192, 4, 4)
+    assert tuple(vq.block_out_channels) == (64, 128, 256, 256) and vq.layers_per_block == 2
+    assert model.vqvae.encoder.conv_in.in_channels == 3 and model.vqvae.encoder.conv_in.out_channels == 64
+    assert model.vqvae.quantize.embedding.weight.shape == (8192, 4)
+    assert model.vqvae.encoder.mid_block.attentions[0] is not None  # self-attention in the mid block
+    # 256x256x3 -> 32x32x4: run the encoder on meta tensors to check the downsampling for real.
+    latents = model.vqvae.encode(torch.empty(1, 3, 256, 256, device="meta")).latents
+    assert tuple(latents.shape) == (1, 4, 32, 32)
+    unet = model.unet
+    assert (
+        unet.config.sample_size == 32
+        and unet.config.in_channels == 4
+        and unet.config.cross_attention_dim == 512
+    )
+    assert all(
+        hasattr(b, "attentions") for b in [*unet.down_blocks, *unet.up_blocks]
+    )  # cross-attn in every block
+    text = model.text_encoder.config
+    assert (text.hidden_size, text.max_position_embeddings, text.vocab_size) == (512, 77, 49408)
+
+
+def test_full_param_counts():
+    model = LatentDiffusionGenerator.build_network(SPEC.full_config, device="meta")
+    total, trainable = count_parameters(model)
+    clip_total, clip_trainable = count_parameters(model.text_encoder)
+    assert 63.0e6 < clip_total < 63.3e6 and clip_trainable == 0  # CLIP ViT-B/16 text tower: 63.2M
+    assert trainable == count_parameters(model.vqvae)[0] + count_parameters(model.unet)[0]
+    assert total == clip_total + trainable
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="downsample"):
+        LatentDiffusionConfig(downsample=4)  # four VQ blocks downsample by 8
+    with pytest.raises(ValueError, match="unknown LatentDiffusionConfig keys"):
+        LatentDiffusionConfig.from_dict({"codebook": 3})
+    tiny = LatentDiffusionConfig.from_dict(dict(SPEC.tiny_config))
+    assert tiny.latent_size == tiny.image_size // tiny.downsample
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def generator(diffusion_assets, tmp_path_factory, monkeypatch_module):  # noqa: F811
+    root = tmp_path_factory.mktemp("ckpt")
+    untrained_latent_checkpoint(
+        root / "demo" / "latent-diffusion", diffusion_assets["clip"], diffusion_assets["vqvae"]
+    )
+    monkeypatch_module.setenv("MMDEMO_CHECKPOINTS", str(root))
+    return mmdemo.load_generator("latent-diffusion", profile="demo", device="cpu")
+
+
+def test_loads_and_is_deterministic_per_seed(generator):
+    assert isinstance(generator, LatentDiffusionGenerator)
+    a = generator.generate("a yellow diamond at the bottom", seed=11, steps=3)
+    b = generator.generate("a yellow diamond at the bottom", seed=11, steps=3)
+    c = generator.generate("a yellow diamond at the bottom", seed=12, steps=3)
+    assert a.size == (32, 32)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_report_preset_and_progress(generator):
+    seen = []
+    image = generator.generate(
+        "a red circle", seed=2, preset="report", steps=3, progress=lambda i, n: seen.append(i)
+    )
+    assert seen == [1, 2, 3] and image.info["mmdemo_preset"] == "report"
+    assert (
+        generator.generate("a red circle", seed=2).info["mmdemo_steps"] == SPEC.defaults["fast_steps"] <= 25
+    )
+
+
+def test_mismatched_weights_fail_loudly(generator, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "latent-diffusion"
+    shutil.copytree(generator.weights.folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["unet_block_out_channels"] = [32, 64]  # one block fewer than the weights hold
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match"):
+        LatentDiffusionGenerator.from_folder(
+            SPEC, generator.weights, folder, folder / "text_encoder", folder / "tokenizer", device="cpu"
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(prompt=""),
+        dict(prompt="\x00\x01"),
+        dict(seed=-3),
+        dict(seed=10**20),
+        dict(steps=0),
+        dict(steps=-1),
+        dict(steps=5000),
+        dict(guidance=float("nan")),
+    ],  # fmt: skip
+)
+def test_bad_inputs(generator, kwargs):
+    call = dict(prompt="a red circle", seed=1, steps=2)
+    call.update(kwargs)
+    with pytest.raises(InputError):
+        generator.generate(call.pop("prompt"), **call)
+
+
+def test_long_prompt_truncated_with_notice(generator):
+    image = generator.generate("a blue square near the top edge " * 20, seed=4, steps=2)
+    assert any("32 tokens" in n for n in image.info["mmdemo_notices"])
+    emoji = generator.generate("🙂 a red 🎨 circle", seed=4, steps=2)
+    assert emoji.size == (32, 32)
+
+
+def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, monkeypatch):
+    """The full-profile plumbing with tiny stand-ins where the real CLIP files and our weights would go."""
+    import shutil
+
+    built = generator.weights.folder
+    clip_dir = tmp_path / "openai" / "clip-vit-base-patch16"
+    shutil.copytree(built / "text_encoder", clip_dir)
+    for item in (built / "tokenizer").iterdir():
+        shutil.copy(item, clip_dir / item.name)
+    (tmp_path / "latent-diffusion").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(built / name, tmp_path / "latent-diffusion" / name)
+    monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
+    full = mmdemo.load_generator("latent-diffusion", profile="full", device="cpu")
+    assert full.weights.profile == "full" and full.weights.paths[0] == clip_dir
+    a = full.generate("a red circle", seed=5, steps=2)
+    b = generator.generate("a red circle", seed=5, steps=2)
+    assert np.array_equal(np.asarray(a), np.asarray(b))  # the same weights give the same image either way
