@@ -190,7 +190,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         id="sdxl-base",
         display_name="SDXL base 1.0",
         kind="generator",
-        adapter=None,
+        adapter="mmdemo.generators.sdxl:SDXLGenerator",
         # vae_fp16_fix: optional, used on CUDA when its files are local or downloadable (not a required source).
         full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", resolution=1024,
                          vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix"),
@@ -214,7 +214,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         id="sdxl-lora",
         display_name="SDXL + our Flickr8k LoRA",
         kind="generator",
-        adapter=None,
+        adapter="mmdemo.generators.sdxl:SDXLLoRAGenerator",
         full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", lora_rank=128, resolution=1024,
                          vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix"),
         tiny_config=dict(pipeline="tiny-sdxl-shapes", lora_rank=8, resolution=32, vae_fp16_fix=None),
