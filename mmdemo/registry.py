@@ -238,7 +238,7 @@ _SPECS: tuple[ModelSpec, ...] = (
         id="infinity-2b",
         display_name="Infinity-2B",
         kind="generator",
-        adapter=None,
+        adapter="mmdemo.generators.infinity:InfinityGenerator",
         # Keyword arguments of mmdemo.models.infinity.InfinityFamilyConfig.
         full_config=dict(
             transformer=dict(depth=32, width=2048, num_heads=16, block_chunks=8, text_channels=2048, text_maxlen=512),

@@ -1,0 +1,264 @@
+"""Strict checkpoint loading for Infinity, and the text-encoder side (T5 configs, the demo tokenizer).
+
+Strict means: every parameter and buffer of our module is filled from the file, every key of the file is
+used, and anything else is an error that names the keys. The only exceptions are listed here, each with
+its reason:
+
+* :data:`TRANSFORMER_IGNORED_KEYS`: attention masks and sequence-length vectors that upstream training code
+  sometimes saved as buffers; they hold no learned values and are rebuilt for every schedule here.
+* :data:`CONSTANT_BUFFERS`: buffers whose value is fixed by construction (``zero_k_bias`` is all zeros,
+  ``quantizer.lfq.mask`` the powers of two of the bit order). When the file holds them their values are
+  checked; when it does not, the constructed value stays.
+* ``encoder.*`` of the VAE file when the decoder-only VAE is built for generation (the encoder is only
+  needed to train; see ``ignored_prefixes``).
+
+The VAE file keeps its state dict under ``"vae"`` with the convolutions and norms one level down
+(``decoder.conv_in.conv.weight``); plain names (``decoder.conv_in.weight``) are accepted too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TRANSFORMER_IGNORED_KEYS: tuple[str, ...] = (
+    "lvl_1L",
+    "attn_bias_for_masking",
+    "Infinity_visible_kvlen",
+    "Infinity_invisible_qlen",
+)
+CONSTANT_BUFFERS: tuple[str, ...] = ("zero_k_bias", "quantizer.lfq.mask")
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint that does not fit the model; the message names the offending keys."""
+
+
+def _name_list(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _is_constant(key: str) -> bool:
+    return any(key == c or key.endswith("." + c) for c in CONSTANT_BUFFERS)
+
+
+def _constant_value(module: nn.Module, key: str) -> torch.Tensor:
+    """The value a constant buffer must hold (computed, since a module built on meta has no values)."""
+    target = module.get_buffer(key)
+    if key.endswith("zero_k_bias"):
+        return torch.zeros(target.shape, dtype=target.dtype if target.dtype != torch.bool else torch.float32)
+    if key.endswith("lfq.mask"):
+        n = target.shape[0]
+        return 2 ** torch.arange(n - 1, -1, -1)
+    raise KeyError(key)
+
+
+def unwrap_plain_vae_names(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Accept ``<layer>.weight`` for our ``<layer>.conv.weight`` / ``<layer>.norm.weight`` (and biases)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key not in expected:
+            head, _, leaf = key.rpartition(".")
+            for wrapper in ("conv", "norm"):
+                candidate = f"{head}.{wrapper}.{leaf}"
+                if candidate in expected:
+                    key = candidate
+                    break
+        out[key] = value
+    return out
+
+
+@dataclass
+class LoadReport:
+    loaded: int
+    ignored: list[str] = field(default_factory=list)
+    constants_kept: list[str] = field(default_factory=list)
+
+
+def load_strict(
+    module: nn.Module,
+    state: dict[str, Any],
+    *,
+    what: str,
+    ignored_keys: tuple[str, ...] = (),
+    ignored_prefixes: tuple[str, ...] = (),
+    assign: bool = False,
+) -> LoadReport:
+    """Fill ``module`` from ``state`` with every key accounted for, or raise :class:`CheckpointMismatch`.
+
+    ``assign=True`` takes the checkpoint's tensors as they are (no copy; a module built on the meta device
+    is materialised that way, in the checkpoint's dtype).
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatch(f"{what}: expected a flat state dict of tensors")
+    expected = module.state_dict(keep_vars=True)
+    ignored = [
+        k for k in state if k not in expected and (k in ignored_keys or k.startswith(ignored_prefixes))
+    ]
+    unexpected = [k for k in state if k not in expected and k not in ignored]
+    missing = [k for k in expected if k not in state and not _is_constant(k)]
+    wrong = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_name_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_name_list(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatches: {_name_list(wrong)}")
+    if problems:
+        raise CheckpointMismatch(f"{what} does not match the model: " + "; ".join(problems))
+    full: dict[str, torch.Tensor] = {}
+    kept: list[str] = []
+    for key in expected:
+        if key in state:
+            value = state[key]
+            if _is_constant(key) and not torch.equal(
+                value.cpu().to(torch.float64), _constant_value(module, key).to(torch.float64)
+            ):
+                raise CheckpointMismatch(f"{what}: constant buffer {key} holds unexpected values")
+            full[key] = value
+        else:
+            kept.append(key)
+            full[key] = _constant_value(module, key)
+    module.load_state_dict(full, strict=True, assign=assign)
+    return LoadReport(len(full), ignored, kept)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` or safetensors, on the CPU (see :func:`mmdemo.weights.load_state_dict`)."""
+    from mmdemo.weights import load_state_dict
+
+    return load_state_dict(path)
+
+
+def vae_state_from_file(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The official VAE file holds ``{"vae": state_dict, ...}``; our demo file is the state dict itself."""
+    if "vae" in raw and isinstance(raw["vae"], dict):
+        return raw["vae"]
+    return raw
+
+
+# ------------------------------------------------------------------------------------------ T5
+
+# google/flan-t5-xl's encoder, written out so the full model can be built on the meta device offline.
+FLAN_T5_XL_CONFIG: dict[str, Any] = dict(
+    vocab_size=32128,
+    d_model=2048,
+    d_kv=64,
+    d_ff=5120,
+    num_layers=24,
+    num_heads=32,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    layer_norm_epsilon=1e-6,
+    dropout_rate=0.1,
+    pad_token_id=0,
+    eos_token_id=1,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_t5_config(overrides: dict[str, Any] | None, vocab_size: int | None = None):
+    """A ``T5Config`` for the tiny demo encoder (same class as flan-t5-xl, smaller numbers)."""
+    from transformers import T5Config
+
+    kwargs: dict[str, Any] = dict(
+        d_model=128,
+        d_kv=32,
+        d_ff=256,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+        is_encoder_decoder=False,
+    )
+    kwargs.update(overrides or {})
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    return T5Config(**kwargs)
+
+
+def build_word_tokenizer(captions: list[str]):
+    """A word-level tokenizer for the demo's T5 (ids: 0 pad, 1 ``</s>``, 2 unk), built offline from captions.
+
+    Lower-cased, split on whitespace and punctuation, ``</s>`` appended like T5's SentencePiece tokenizer.
+    """
+    import re
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for c in captions for w in re.findall(r"\w+|[^\w\s]", c.lower())})
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+# ------------------------------------------------------------------------------------------ demo folders
+
+T5_CONFIG_KEYS: tuple[str, ...] = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "feed_forward_proj",
+    "layer_norm_epsilon",
+    "pad_token_id",
+    "eos_token_id",
+    "dropout_rate",
+)
+
+
+def _save_fp16(module: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # fp16 halves the shipped size; loading casts back to float32. Clones break tied storage for safetensors.
+    tensors = {
+        k: (v.half() if v.is_floating_point() else v).contiguous().clone()
+        for k, v in module.state_dict().items()
+    }
+    save_file(tensors, str(path))
+
+
+def save_demo_checkpoint(
+    folder: str | Path, family: Any, vae: nn.Module, t5: nn.Module, infinity: nn.Module, tokenizer: Any
+) -> Path:
+    """Write a self-describing demo folder: ``config.json`` + three safetensors files + tokenizer files."""
+    import json
+    from dataclasses import asdict
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = asdict(family)
+    config["vae"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config["vae"].items()}
+    config["t5"] = {k: v for k, v in t5.config.to_dict().items() if k in T5_CONFIG_KEYS}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    _save_fp16(infinity, folder / "transformer.safetensors")
+    _save_fp16(vae, folder / "vae.safetensors")
+    _save_fp16(t5, folder / "text_encoder.safetensors")
+    tokenizer.save_pretrained(str(folder))
+    return folder
