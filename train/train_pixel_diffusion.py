@@ -38,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmdemo.generators.pixel_diffusion import (  # noqa: E402
     MODEL_FILE,
-    TEXT_ENCODER_DIR,
-    TOKENIZER_DIR,
     PixelDiffusionConfig,
     PixelDiffusionModel,
     sample_pixels,
 )
+from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR  # noqa: E402
 from mmdemo.models.diffusion.sampling import training_scheduler  # noqa: E402
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer  # noqa: E402
 from mmdemo.models.diffusion.training import (  # noqa: E402

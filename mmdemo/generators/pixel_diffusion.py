@@ -24,31 +24,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmdemo.interfaces import Generator, ProgressCallback
+from mmdemo.generators.text_diffusion import TextDiffusionGenerator
+from mmdemo.interfaces import ProgressCallback
 from mmdemo.models.diffusion.sampling import (
     guided_sample,
     make_scheduler,
-    resolve_request,
     to_pil,
-    with_notices,
 )
 from mmdemo.models.diffusion.text import (
     build_text_encoder,
     encode_text,
     load_text_encoder,
     load_tokenizer,
-    truncation_notice,
 )
 
 if TYPE_CHECKING:
-    from PIL import Image
-
+    from mmdemo.models.diffusion.sampling import ResolvedRequest
     from mmdemo.registry import ModelSpec
     from mmdemo.weights import ResolvedWeights
 
 MODEL_FILE = "model.safetensors"
-TEXT_ENCODER_DIR = "text_encoder"
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
@@ -164,7 +159,7 @@ class PixelDiffusionModel(nn.Module):
         self.denoiser = PixelDenoiser(config, int(self.text_encoder.config.hidden_size))
 
 
-class PixelDiffusionGenerator(Generator):
+class PixelDiffusionGenerator(TextDiffusionGenerator):
     """``pixel-diffusion``: text -> 64x64 (demo: 32x32) image with the "report" (DDPM) or "fast" preset."""
 
     param_note = (
@@ -172,38 +167,10 @@ class PixelDiffusionGenerator(Generator):
         "unused pooler) + trainable Linear(768,512)/GELU/LayerNorm; the report states no parameter count"
     )
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        weights: ResolvedWeights,
-        model: PixelDiffusionModel,
-        tokenizer: Any,
-        device: str,
-    ):
-        self.spec = spec
-        self.weights = weights
-        self.model = model
-        self.tokenizer = tokenizer
-        self.device = device
-
     @classmethod
     def build_network(cls, config: dict[str, Any], device: str = "meta") -> nn.Module:
         with torch.device(device):
             return PixelDiffusionModel(PixelDiffusionConfig.from_dict(config))
-
-    @classmethod
-    def load(
-        cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None
-    ) -> PixelDiffusionGenerator:
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if weights.profile == "demo":
-            own = weights.folder
-            text_dir, tokenizer_dir = own / TEXT_ENCODER_DIR, own / TOKENIZER_DIR
-        else:
-            text_dir = tokenizer_dir = weights.paths[0]
-            own = weights.paths[1]
-        return cls.from_folder(spec, weights, own, text_dir, tokenizer_dir, device=device)
 
     @classmethod
     def from_folder(
@@ -225,52 +192,17 @@ class PixelDiffusionGenerator(Generator):
         tokenizer = load_tokenizer(tokenizer_dir, config.text_max_length)
         return cls(spec, weights, model.to(device).eval(), tokenizer, device)
 
-    def to(self, device: str) -> PixelDiffusionGenerator:
-        self.model.to(device)
-        self.device = device
-        return self
+    def native_size(self) -> int:
+        return self.model.config.sample_size
 
-    @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        *,
-        seed: int,
-        steps: int | None = None,
-        guidance: float | None = None,
-        negative_prompt: str = "",
-        preset: str = "fast",
-        width: int | None = None,
-        height: int | None = None,
-        progress: ProgressCallback | None = None,
-        **extra: Any,
-    ) -> Image.Image:
-        config = self.model.config
-        request = resolve_request(
-            self.spec.defaults,
-            prompt=prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            preset=preset,
-            width=width,
-            height=height,
-            native_size=config.sample_size,
-            max_steps=config.num_train_timesteps,
-            model_name=self.spec.display_name,
-        )
-        image = sample_pixels(
+    def sample(
+        self, request: ResolvedRequest, progress: ProgressCallback | None
+    ) -> tuple[list[Any], list[bool]]:
+        sampled = sample_pixels(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
             steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
         )  # fmt: skip
-        notices = list(request.notices)
-        if image.truncated[0]:
-            notices.append(truncation_notice(config.text_max_length))
-        return with_notices(
-            image.images[0], notices, seed=request.seed, steps=request.steps, guidance=request.guidance,
-            preset=request.preset, weights=self.weights.label,
-        )  # fmt: skip
+        return sampled.images, sampled.truncated
 
 
 @dataclass
