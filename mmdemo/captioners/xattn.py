@@ -438,7 +438,9 @@ class XAttnCaptionNetwork(CaptionNetwork):
         Args:
             max_new_tokens: words + ``<EOS>`` at most (capped at ``max_len - 1``, the longest trained caption).
             num_beams: 1 = greedy; more = beam search (scores length-normalised with ``length_penalty``).
-            use_cache: keep self-attention keys/values between steps (False re-runs the prefix: baseline).
+            use_cache: keep keys/values between steps: the earlier tokens' self-attention ones and the image's
+                cross-attention ones. False is the baseline: every step re-runs the whole decoder over the prefix
+                and the image tokens, as decoding with ``nn.TransformerDecoder`` (the report's) does.
         """
         if unknown:
             raise ValueError(
@@ -486,7 +488,7 @@ class XAttnCaptionNetwork(CaptionNetwork):
             if use_cache:
                 logits = self.decode(tokens[:, -1:], memory_kv, start=step, caches=caches)[:, -1]
             else:
-                logits = self.decode(tokens, memory_kv)[:, -1]
+                logits = self.decode(tokens, self.memory(features))[:, -1]
             logits[:, [PAD_ID, SOS_ID]] = float("-inf")  # never emitted: <PAD> would be masked out as a key
             next_ids = logits.argmax(-1).masked_fill(finished, PAD_ID)  # finished rows only pad
             tokens = torch.cat([tokens, next_ids[:, None]], dim=1)
@@ -499,9 +501,13 @@ class XAttnCaptionNetwork(CaptionNetwork):
     def _beam_search(
         self, features: torch.Tensor, max_new_tokens: int, k: int, length_penalty: float, use_cache: bool
     ) -> torch.Tensor:
-        memory_kv = [
-            (mk.repeat_interleave(k, 0), mv.repeat_interleave(k, 0)) for mk, mv in self.memory(features)
-        ]
+
+        def beam_memory() -> list[tuple[torch.Tensor, torch.Tensor]]:
+            return [
+                (mk.repeat_interleave(k, 0), mv.repeat_interleave(k, 0)) for mk, mv in self.memory(features)
+            ]
+
+        memory_kv = beam_memory()
         bk = memory_kv[0][0].shape[0]
         b, device = bk // k, self.embed.weight.device
         tokens = torch.full((bk, 1), SOS_ID, dtype=torch.long, device=device)
@@ -514,7 +520,7 @@ class XAttnCaptionNetwork(CaptionNetwork):
             if use_cache:
                 logits = self.decode(tokens[:, -1:], memory_kv, start=step, caches=caches)[:, -1]
             else:
-                logits = self.decode(tokens, memory_kv)[:, -1]
+                logits = self.decode(tokens, beam_memory())[:, -1]
             logits[:, [PAD_ID, SOS_ID]] = float("-inf")
             logp = logits.float().log_softmax(-1)
             # An ended beam continues only with <EOS> at no cost, so it keeps its score and its place.
