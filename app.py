@@ -19,7 +19,7 @@ import logging
 import os
 
 from mmdemo.runtime import ModelManager
-from mmdemo.ui import build_app
+from mmdemo.ui import APP_CSS, build_app
 from mmdemo.ui.handlers import AppContext
 from mmdemo.weights import PROFILES
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     demo = create_demo(args.profile, args.concurrency)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=APP_CSS)
 
 
 if __name__ == "__main__":

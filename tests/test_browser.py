@@ -40,7 +40,9 @@ def app_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.APP_CSS
+    )
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -77,6 +79,9 @@ def test_generate_in_a_real_browser(app_url, tmp_path):
                     assert "seed" in text and "demo weights" in text, text
                 else:
                     assert "not implemented yet" in text, text
+            for index in range(len(implemented)):  # 32 px demo pictures fill their 256 px panel
+                box = images.nth(index).bounding_box()
+                assert box is not None and box["height"] >= 200, box
             shot = tmp_path / "generate.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -6,6 +6,6 @@ to :mod:`mmdemo.service`. ``app.py`` only parses flags and launches what :func:`
 
 from __future__ import annotations
 
-from mmdemo.ui.app import build_app
+from mmdemo.ui.app import APP_CSS, build_app
 
-__all__ = ["build_app"]
+__all__ = ["APP_CSS", "build_app"]

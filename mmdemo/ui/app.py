@@ -20,6 +20,15 @@ from mmdemo.ui.handlers import (
 # Every model-running event shares one concurrency group: on a GPU they take turns on the card.
 MODEL_CONCURRENCY_ID = "models"
 
+# Demo generators draw 32 px pictures, which Gradio shows at their native size: a thumbnail lost in a
+# 256 px panel. Panels of demo-weight models scale the picture up to the panel, with crisp pixels (the
+# downloaded PNG keeps the native size). Gradio 6 takes CSS at launch: ``demo.launch(css=APP_CSS)``.
+APP_CSS = """
+.generated.demo-pixels .image-frame, .generated.demo-pixels img {
+    width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
+}
+"""
+
 
 def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
     with gr.Row():
@@ -131,7 +140,8 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
                         buttons=["download", "fullscreen"],
                         interactive=False,
                         height=256,
-                        elem_classes=["generated"],
+                        elem_classes=["generated"]
+                        + (["demo-pixels"] if ctx.availability.get(model_id) == "demo" else []),
                     )
                 )
                 texts.append(gr.Markdown(elem_classes=["panel-caption"]))
