@@ -105,7 +105,8 @@ def perceptual_loss_or_none(device: Any) -> nn.Module | None:
         message = (
             "LPIPS PERCEPTUAL LOSS IS OFF: the `lpips` package or its VGG weights are not available "
             f"({type(err).__name__}: {err}). The VQ-VAE trains with MSE + VQ (+ PatchGAN) losses only. "
-            "To enable it: `pip install lpips` on a machine that can download the torchvision VGG16 weights."
+            "To enable it: `pip install -r requirements.txt` (lpips) and let torchvision download its VGG16 "
+            "ImageNet weights once, or copy vgg16-397923af.pth into $TORCH_HOME/hub/checkpoints/."
         )
         warnings.warn(message, RuntimeWarning, stacklevel=2)
         logger.warning("!" * 20 + " " + message)
