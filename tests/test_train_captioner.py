@@ -4,7 +4,6 @@ resume, the feature cache, reload through the public API, evaluation JSON, pretr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _accelerate_launch import assert_two_cpu_processes, two_cpu_processes
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,30 +183,8 @@ def test_argument_checks(shapes_dir, tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(shapes_dir, tmp_path):
-    # accelerate 1.15's `launch --cpu --num_processes 2` starts ONE process (it needs an MPI hostfile for
-    # more); `--multi_gpu` runs torchrun, and on a machine without CUDA the script asks for CPU, so the two
-    # ranks form a gloo MULTI_CPU group: the same DDP path as on GPUs.
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MMDEMO_NUM_THREADS": "1",
-        "PYTHONPATH": str(REPO),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    accelerate = Path(sys.executable).parent / "accelerate"
-    command = [
-        str(accelerate),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(REPO / "train" / "train_captioner.py"),
+    command, env = two_cpu_processes(
+        REPO / "train" / "train_captioner.py",
         "--model",
         "resnet18-xattn",
         "--data",
@@ -216,12 +194,12 @@ def test_accelerate_launch_two_processes(shapes_dir, tmp_path):
         *SMALL,
         "--max-steps",
         "4",
-    ]
+    )
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # only the main process reports
-    assert summaries[0]["processes"] == 2 and summaries[0]["distributed_type"].endswith("MULTI_CPU")
+    assert_two_cpu_processes(summaries[0])
     assert summaries[0]["steps"] == 4
     state = json.loads((tmp_path / "ddp" / "state" / "train_state.json").read_text())
     assert [s for s, _ in state["history"]] == [0, 1, 2, 3]

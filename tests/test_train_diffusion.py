@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from _accelerate_launch import assert_two_cpu_processes, two_cpu_processes
 from _diffusion_helpers import REPO, diffusion_assets, load_script  # noqa: F401 - fixture
 
 import mmdemo
@@ -68,6 +67,14 @@ def test_pixel_training_resumes_exactly_and_reloads(diffusion_assets, tmp_path, 
 
 
 def test_vqvae_then_latent_training_and_reload(diffusion_assets, tmp_path, monkeypatch):  # noqa: F811
+    import urllib.error
+
+    import torchvision
+
+    def no_network(self, *args, **kwargs):  # offline, torchvision cannot fetch LPIPS' VGG16 weights
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models.VGG16_Weights, "get_state_dict", no_network)
     vq_script = load_script("train_vqvae")
     vq_out = tmp_path / "vqvae"
     with pytest.warns(RuntimeWarning, match="LPIPS"):
@@ -135,13 +142,19 @@ def test_missing_text_encoder_message(diffusion_assets, tmp_path):  # noqa: F811
 @pytest.mark.slow
 def test_accelerate_two_processes_on_cpu(diffusion_assets, tmp_path):  # noqa: F811
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "train" / "train_pixel_diffusion.py"),
-               *_pixel_args(diffusion_assets, out, "--max-train-steps", "2")]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMDEMO_NUM_THREADS": "1"}
+    command, env = two_cpu_processes(REPO / "train" / "train_pixel_diffusion.py",
+                                     *_pixel_args(diffusion_assets, out, "--max-train-steps", "2"))  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "training_args.json").read_text())
+    assert_two_cpu_processes(summary)
+    assert summary["steps"] == 2
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [0, 1]
     assert (out / "model.safetensors").is_file() and (out / "checkpoint-2").is_dir()
+    # One rank's state per process in the checkpoint, but only the main process logs the summary.
+    assert sorted(p.name for p in (out / "checkpoint-2").glob("random_states_*")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    assert sum(line.startswith('{"steps"') for line in result.stderr.splitlines()) == 1

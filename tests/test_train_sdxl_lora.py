@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _accelerate_launch import assert_two_cpu_processes, two_cpu_processes
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,14 +156,24 @@ def test_parse_args_sanity_checks(shapes_dir, extra, message):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(tiny_pipeline, shapes_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMDEMO_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    accelerate = Path(sys.executable).parent / "accelerate"
-    command = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train" / "train_sdxl_lora.py"),
-               "--pretrained", str(tiny_pipeline), "--data", str(shapes_dir), "--out", str(tmp_path / "ddp"),
-               *TINY, "--max-train-steps", "2", "--checkpointing-steps", "1"]  # fmt: skip
+    command, env = two_cpu_processes(REPO / "train" / "train_sdxl_lora.py",
+        "--pretrained", str(tiny_pipeline), "--data", str(shapes_dir), "--out", str(tmp_path / "ddp"),
+        *TINY, "--max-train-steps", "2", "--checkpointing-steps", "1")  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert_two_cpu_processes(config)
+    assert config["training_examples"] == 8
+    # 2 steps x 2 processes x batch 2: each rank its own slice, together one pass over the 8 examples.
+    seed = config["args"]["seed"]
+    picks = [
+        i
+        for step in (0, 1)
+        for rank in (0, 1)
+        for i in train_sdxl_lora.batch_indices(step, 8, 2, 2, rank, seed)
+    ]
+    assert sorted(picks) == list(range(8))
     losses = json.loads((tmp_path / "ddp" / "loss.json").read_text())
     assert [r["step"] for r in losses] == [1, 2]
     assert (tmp_path / "ddp" / sdxl.LORA_WEIGHT_NAME).is_file()
+    assert sum(line.startswith("saved ") for line in done.stdout.splitlines()) == 1  # main process only

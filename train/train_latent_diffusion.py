@@ -50,6 +50,7 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     load_history,
     make_accelerator,
     plot_curves,
+    process_record,
     prune_checkpoints,
     sample_prompts,
     save_grid,
@@ -141,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--config", choices=("full", "tiny"), default="full")
     p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--train-batch-size", type=int, default=32)
+    p.add_argument("--train-batch-size", type=int, default=32, help="per process")
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--lr-warmup-steps", type=int, default=500)
     p.add_argument("--max-train-steps", type=int, default=50000)
@@ -207,7 +208,9 @@ def main(args: argparse.Namespace) -> dict:
     model.vqvae.requires_grad_(False).eval()
     model.to(device)
     data = load_captioned_images(args.data, config.image_size, args.max_images)
-    latents = cached_latents(model, args, data.images, accelerator.is_main_process)
+    # The main process encodes and writes the cache first; the others then read it instead of racing its write.
+    with accelerator.main_process_first():
+        latents = cached_latents(model, args, data.images, accelerator.is_main_process)
     config.latent_scale = float(1.0 / latents.std())
     latents = latents * config.latent_scale
     logger.info("latents %s, scale %.4f", tuple(latents.shape), config.latent_scale)
@@ -306,7 +309,8 @@ def main(args: argparse.Namespace) -> dict:
             break
     accelerator.wait_for_everyone()
     summary = {"steps": history[-1]["step"] + 1 if history else start, "seconds": round(time.time() - started, 1),
-               "final_loss": sum(h["loss"] for h in history[-100:]) / max(1, len(history[-100:]))}  # fmt: skip
+               "final_loss": sum(h["loss"] for h in history[-100:]) / max(1, len(history[-100:])),
+               **process_record(accelerator)}  # fmt: skip
     if accelerator.is_main_process:
         with swapped_weights(unet, ema):
             export_model(model, tokenizer, args.output_dir, fp16=args.save_fp16)

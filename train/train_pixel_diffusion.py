@@ -56,6 +56,7 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     load_history,
     make_accelerator,
     plot_curves,
+    process_record,
     prune_checkpoints,
     sample_prompts,
     save_grid,
@@ -115,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resolution", type=int, default=None, help="image side (default: the config's sample_size)"
     )
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
-    p.add_argument("--train-batch-size", type=int, default=32)
+    p.add_argument("--train-batch-size", type=int, default=32, help="per process")
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--lr-warmup-steps", type=int, default=500)
     p.add_argument("--max-train-steps", type=int, default=20000)
@@ -280,7 +281,8 @@ def main(args: argparse.Namespace) -> dict:
             break
     accelerator.wait_for_everyone()
     summary = {"steps": history[-1]["step"] + 1 if history else start, "seconds": round(time.time() - started, 1),
-               "final_loss": sum(h["loss"] for h in history[-100:]) / max(1, len(history[-100:]))}  # fmt: skip
+               "final_loss": sum(h["loss"] for h in history[-100:]) / max(1, len(history[-100:])),
+               **process_record(accelerator)}  # fmt: skip
     if accelerator.is_main_process:
         with swapped_weights(denoiser, ema):
             export_model(model, tokenizer, args.output_dir, fp16=args.save_fp16)

@@ -350,7 +350,11 @@ def main(args: argparse.Namespace) -> Path:
     from tqdm.auto import tqdm
 
     torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision))
+    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
+    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(args.mixed_precision), cpu=not torch.cuda.is_available()
+    )
     set_seed(args.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
@@ -497,7 +501,7 @@ def main(args: argparse.Namespace) -> Path:
     if accelerator.is_main_process:
         final = save_lora(accelerator.unwrap_model(unet), args.out, args.rank)
         write_loss(args.out, losses)
-        write_config(args, len(examples))
+        write_config(args, len(examples), accelerator)
         accelerator.print(f"saved {final}")
     accelerator.end_training()
     return args.out / LORA_WEIGHT_NAME
@@ -539,7 +543,7 @@ def prune_checkpoints(out: Path, limit: int | None) -> None:
         shutil.rmtree(old)
 
 
-def write_config(args: argparse.Namespace, n_examples: int) -> None:
+def write_config(args: argparse.Namespace, n_examples: int, accelerator: Any) -> None:
     config = {
         "format": "diffusers-lora",
         "base_model": args.base_model_id,
@@ -548,6 +552,9 @@ def write_config(args: argparse.Namespace, n_examples: int) -> None:
         "lora_alpha": args.rank,
         "target_modules": list(LORA_TARGET_MODULES),
         "training_examples": n_examples,
+        # The global batch is batch_size * processes: how many processes trained says what a step was.
+        "processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

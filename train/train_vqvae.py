@@ -49,6 +49,7 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     load_history,
     make_accelerator,
     plot_curves,
+    process_record,
     prune_checkpoints,
     save_grid,
     save_history,
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resolution", type=int, default=None, help="image side (default: the config's image_size)"
     )
     p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--train-batch-size", type=int, default=16)
+    p.add_argument("--train-batch-size", type=int, default=16, help="per process")
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--adam-beta1", type=float, default=0.5)
     p.add_argument("--adam-beta2", type=float, default=0.999)
@@ -220,7 +221,8 @@ def main(args: argparse.Namespace) -> dict:
         out_of_time = bool(accelerator.gather(torch.tensor([float(out_of_time)], device=device)).max())
         last = done == args.max_train_steps or out_of_time
         if done % args.sample_every == 0 or last:
-            stats = codebook_usage(usage)
+            # Every process counts the codes of its own batches; the statistics are over all of them.
+            stats = codebook_usage(accelerator.reduce(usage.to(device), "sum").cpu())
             history[-1].update(stats)
             usage.zero_()
             if accelerator.is_main_process:
@@ -255,7 +257,7 @@ def main(args: argparse.Namespace) -> dict:
     accelerator.wait_for_everyone()
     summary = {"steps": history[-1]["step"] + 1 if history else start, "seconds": round(time.time() - started, 1),
                "final_mse": sum(h["mse"] for h in history[-100:]) / max(1, len(history[-100:])),
-               "lpips": perceptual is not None}  # fmt: skip
+               "lpips": perceptual is not None, **process_record(accelerator)}  # fmt: skip
     usage_records = [h for h in history if "perplexity" in h]
     if usage_records:
         summary.update(perplexity=usage_records[-1]["perplexity"], dead_codes=usage_records[-1]["dead_codes"])

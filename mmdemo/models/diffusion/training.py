@@ -68,8 +68,13 @@ def load_captioned_images(folder: str | Path, resolution: int, limit: int | None
 
 
 def step_generator(seed: int, step: int, process_index: int = 0) -> torch.Generator:
-    """The RNG of one optimisation step on one process (batches, noise, timesteps, condition dropout)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + process_index * 7_919 + step) % (2**63))
+    """The RNG of one optimisation step on one process (batches, noise, timesteps, condition dropout).
+
+    Each process draws its own batch from its own stream. The streams are 2**40 steps apart: with an offset
+    shorter than the run, process 1 at step s would replay process 0's batch of step s + offset. Process 0's
+    seeds do not depend on the offset, so single-process checkpoints resume exactly whatever it is.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + process_index * 2**40 + step) % (2**63))
 
 
 def draw_batch(
@@ -246,7 +251,16 @@ def make_accelerator(mixed_precision: str, output_dir: Path) -> Any:
             "fp16 mixed precision needs a CUDA device; training in fp32 on this machine"
         )
         mixed_precision = "no"
-    return Accelerator(mixed_precision=mixed_precision, project_dir=str(output_dir))
+    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
+    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
+    return Accelerator(
+        mixed_precision=mixed_precision, project_dir=str(output_dir), cpu=not torch.cuda.is_available()
+    )
+
+
+def process_record(accelerator: Any) -> dict[str, Any]:
+    """How many processes trained, and how they were joined, for a run's summary (``training_args.json``)."""
+    return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type)}
 
 
 def sample_prompts(data: CaptionedImages, n: int = 8) -> list[str]:
