@@ -111,3 +111,25 @@ def diffusion_assets(tmp_path_factory) -> dict[str, Path]:
     untrained_vqvae(assets["vqvae"])
     (base / "complete").write_text("ok")
     return assets
+
+
+def check_shipped_generator(model_id: str, *, color: float, shape: float, n: int = 8) -> dict[str, float]:
+    """The shipped demo checkpoint's recorded ShapesEval (64 prompts) meets ``color``/``shape``, and a fresh
+    re-measurement on ``n`` prompts it never saw stays near them (a broken or stale file fails here)."""
+    import json
+
+    import mmdemo
+    from mmdemo.data.shapes import sample_single_object_prompts
+    from mmdemo.eval.shapes_eval import accuracies, judge
+
+    folder = REPO / "checkpoints" / "demo" / model_id
+    assert (folder / "config.json").is_file(), f"the shipped demo checkpoint is missing from {folder}"
+    recorded = json.loads((folder / "eval_shapes_fast.json").read_text())
+    assert recorded["n"] >= 64 and recorded["color_acc"] >= color and recorded["shape_acc"] >= shape, recorded
+    generator = mmdemo.load_generator(model_id, profile="demo", device="cpu")
+    prompts = [prompt for prompt, _ in sample_single_object_prompts(n, seed=4242, image_size=32)]
+    judged = [judge(generator.generate(p, seed=4242 + i, preset="fast"), p) for i, p in enumerate(prompts)]
+    fresh = accuracies(judged)
+    # n = 8 is coarse (one picture = 0.125), so the fresh check allows two misses below the target.
+    assert fresh["color_acc"] >= color - 0.25 and fresh["shape_acc"] >= shape - 0.25, fresh
+    return fresh

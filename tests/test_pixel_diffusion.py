@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from _diffusion_helpers import diffusion_assets, untrained_pixel_checkpoint  # noqa: F401 - fixture
+from _diffusion_helpers import (  # noqa: F401 - fixture
+    check_shipped_generator,
+    diffusion_assets,
+    untrained_pixel_checkpoint,
+)
 
 import mmdemo
 from mmdemo.generators.pixel_diffusion import PixelDiffusionConfig, PixelDiffusionGenerator
@@ -176,3 +180,8 @@ def test_full_profile_reads_bert_snapshot_and_our_weights(diffusion_assets, tmp_
     generator = mmdemo.load_generator("pixel-diffusion", profile="full", device="cpu")
     assert generator.weights.profile == "full" and generator.weights.paths[0] == bert_dir
     assert generator.generate("a red circle", seed=0, steps=2).size == (32, 32)
+
+
+def test_shipped_demo_checkpoint_draws_what_the_prompt_says(monkeypatch):
+    monkeypatch.delenv("MMDEMO_CHECKPOINTS", raising=False)
+    check_shipped_generator("pixel-diffusion", color=0.8, shape=0.6)
