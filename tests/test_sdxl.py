@@ -183,3 +183,94 @@ def test_parameter_table_counts_full_size_sdxl():
         if name.endswith(tuple(f"{t}.base_layer" for t in sdxl.LORA_TARGET_MODULES))
     )
     assert trainable == expected > 0
+
+
+# ------------------------------------------------------------------------------ the shipped demo weights
+
+SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+
+
+@pytest.fixture()
+def shipped(monkeypatch) -> Path:
+    for name in ("sdxl-base", "sdxl-lora"):
+        assert (SHIPPED / name / "config.json").is_file(), f"the shipped demo {name} is missing"
+    monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(SHIPPED.parent))
+    sdxl.clear_shared_pipelines()
+    yield SHIPPED
+    sdxl.clear_shared_pipelines()
+
+
+def _border_brightness(image) -> float:
+    """Mean grey level of the outer 3-pixel frame: the background, wherever the object is."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    frame = np.ones_like(grey, dtype=bool)
+    frame[3:-3, 3:-3] = False
+    return float(grey[frame].mean())
+
+
+def test_shipped_base_vae_encodes_the_lora_style(shipped, tmp_path):
+    # The LoRA can only draw a style the frozen VAE decodes: a VAE that never saw dark backgrounds turns
+    # dark latents into noise (the first demo LoRA's failure).
+    from diffusers import AutoencoderKL
+
+    from mmdemo.data.flickr8k import load_flickr8k
+    from mmdemo.data.shapes import generate_shapes_dataset
+
+    corpus = load_flickr8k(generate_shapes_dataset(tmp_path / "dark", n=8, seed=99, size=32, style="dark"))
+    pixels = torch.stack([
+        torch.from_numpy(np.asarray(corpus.open_image(n), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
+        for n in corpus.images
+    ])  # fmt: skip
+    vae = AutoencoderKL.from_pretrained(shipped / "sdxl-base", subfolder="vae").float().eval()
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+    assert torch.nn.functional.mse_loss(recon, pixels).item() < 0.02
+
+
+def test_shipped_lora_shifts_the_style_and_keeps_the_prompt(shipped):
+    from mmdemo.eval.shapes_eval import judge
+
+    base = mmdemo.load_generator("sdxl-base", "demo")
+    lora = mmdemo.load_generator("sdxl-lora", "demo")
+    prompts = ["a red circle on the left", "a large blue square in the center", "a small yellow triangle at the top",
+               "a green diamond on the right", "a purple circle at the bottom", "an orange square on the left"]  # fmt: skip
+    base_frames, lora_frames, colours = [], [], []
+    for prompt in prompts:  # the side-by-side sheet's first row (seed 0); measured: 6/6 light, 5/6 dark, 4/6
+        base_frames.append(_border_brightness(base.generate(prompt, seed=0, preset="fast")))
+        image = lora.generate(prompt, seed=0, preset="fast")
+        lora_frames.append(_border_brightness(image))
+        colours.append(judge(image, prompt).color_ok)
+    assert sum(f > 150 for f in base_frames) >= 5, base_frames  # the base draws Shapes' light backgrounds
+    assert sum(f < 90 for f in lora_frames) >= 4, lora_frames  # the LoRA's dark style
+    assert sum(colours) >= 3, colours  # and mostly still the colour that was asked for
+
+
+def test_tiny_base_script_trains_on_several_styles_and_loads(tmp_path, monkeypatch):
+    import importlib.util
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from mmdemo.data.shapes import generate_shapes_dataset
+
+    script_path = Path(__file__).resolve().parents[1] / "train" / "train_tiny_sdxl_base.py"
+    spec = importlib.util.spec_from_file_location("train_tiny_sdxl_base", script_path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    plain = generate_shapes_dataset(tmp_path / "plain", n=10, seed=0, size=32, max_objects=1)
+    dark = generate_shapes_dataset(tmp_path / "dark", n=10, seed=1, size=32, max_objects=1, style="dark")
+    out = tmp_path / "demo" / "sdxl-base"
+    args = script.parse_args(["--data", str(plain), str(dark), "--out", str(out), "--batch-size", "4",
+                              "--vae-steps", "2", "--steps", "2", "--warmup-steps", "1"])  # fmt: skip
+    script.main(args)
+    config = json.loads((out / "config.json").read_text())
+    assert config["training_pictures"] == 16  # the training split (80 %) of both folders
+    assert f"--data {plain} {dark}" in config["trained_by"]
+    pipe = StableDiffusionXLPipeline.from_pretrained(out)
+    assert pipe.vae.config.scaling_factor > 0
+    monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
+    sdxl.clear_shared_pipelines()
+    image = mmdemo.load_generator("sdxl-base", "demo").generate("a red circle", seed=0, steps=2)
+    sdxl.clear_shared_pipelines()
+    assert image.size == (32, 32)
+    with pytest.raises(ValueError, match="captions.txt"):
+        script.parse_args(["--data", str(plain), str(tmp_path), "--out", str(out)])

@@ -9,11 +9,17 @@ small enough to run on a laptop, so this script trains every part of :func:`buil
    encoders, jointly, on cached VAE latents with v-prediction, a cosine noise schedule, 10 % caption dropout
    (zero embeddings, what the pipeline feeds for an empty negative prompt) and an EMA of the weights.
 
+``--data`` takes several folders. Give it every picture style a LoRA may later favour, as SDXL has seen
+every style before any LoRA: a style LoRA shifts a base towards something the base can already draw. A base
+(and VAE) that never saw a dark background decodes dark latents as noise, and a dark-style LoRA trained on
+top of it learns nothing it can show (the first demo LoRA's failure).
+
 The output is a standard diffusers pipeline folder (``StableDiffusionXLPipeline.from_pretrained`` loads it) plus
 our root ``config.json``::
 
     python -m mmdemo.data.shapes --out data/shapes32 --n 4000 --seed 0 --size 32 --max-objects 1
-    python train/train_tiny_sdxl_base.py --data data/shapes32 --out checkpoints/demo/sdxl-base
+    python -m mmdemo.data.shapes --out data/shapes32_dark --n 1000 --seed 2 --size 32 --max-objects 1 --style dark
+    python train/train_tiny_sdxl_base.py --data data/shapes32 data/shapes32_dark --out checkpoints/demo/sdxl-base
 """
 
 from __future__ import annotations
@@ -176,7 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, required=True, help="Shapes (or Flickr8k-layout) folder")
+    parser.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="Shapes (or Flickr8k-layout) folders"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output pipeline folder")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -190,10 +198,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cond-dropout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not (args.data / "captions.txt").is_file():
-        raise ValueError(
-            f"--data {args.data} has no captions.txt; write one with `python -m mmdemo.data.shapes`"
-        )
+    for folder in args.data:
+        if not (folder / "captions.txt").is_file():
+            raise ValueError(
+                f"--data {folder} has no captions.txt; write one with `python -m mmdemo.data.shapes`"
+            )
     if args.resolution != 32:
         raise ValueError(
             "the tiny pipeline's UNet is sized for 32 px pictures (16x16 latents); use --resolution 32"
@@ -210,8 +219,10 @@ def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
     torch.manual_seed(args.seed)
     pipe = build_tiny_pipeline(seed=args.seed)
-    pictures, captions = load_pictures(args.data, args.resolution)
-    print(f"{len(pictures)} training pictures from {args.data}", flush=True)
+    loaded = [load_pictures(folder, args.resolution) for folder in args.data]
+    pictures = torch.cat([folder_pictures for folder_pictures, _ in loaded])
+    captions = [caps for _, folder_captions in loaded for caps in folder_captions]
+    print(f"{len(pictures)} training pictures from {', '.join(map(str, args.data))}", flush=True)
     log: list[dict] = []
     train_vae(pipe.vae, pictures, args, log)
     mean, std = encode_latents(pipe.vae, pictures)
@@ -220,7 +231,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"latent scaling factor {scaling:.4f}", flush=True)
     train_denoiser(pipe, (mean, std), captions, args, log)
     command = "python train/train_tiny_sdxl_base.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
     )
     pipe.to(torch.float16)  # shipped in fp16 (half the size); the loader upcasts to fp32 on CPU
     save_demo_pipeline(
