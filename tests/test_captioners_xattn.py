@@ -264,25 +264,3 @@ def test_config_checks():
         XAttnConfig(vision="resnet50")
     with pytest.raises(ValueError, match="divisible"):
         XAttnConfig(d_model=100, num_heads=8)
-
-
-@pytest.mark.parametrize("model_id", ["resnet18-xattn", "clipb32-xattn"])
-def test_shipped_demo_checkpoint_captions_fresh_shapes(model_id, tmp_path):
-    import json
-
-    import mmdemo
-    from mmdemo.data.flickr8k import load_flickr8k
-    from mmdemo.data.shapes import generate_shapes_dataset
-    from mmdemo.eval.bleu import corpus_bleu_scores
-    from mmdemo.weights import REPO_ROOT
-
-    folder = REPO_ROOT / "checkpoints" / "demo" / model_id
-    assert (folder / "model.safetensors").is_file(), f"the shipped demo checkpoint is missing from {folder}"
-    assert (folder / "model.safetensors").stat().st_size <= 20 * 2**20
-    recorded = json.loads((folder / "eval_shapes.json").read_text())
-    assert recorded["bleu4"] >= 40 and recorded["n"] >= 500
-    corpus = load_flickr8k(generate_shapes_dataset(tmp_path / "fresh", n=24, seed=4242, size=64))
-    captioner = mmdemo.load_captioner(model_id, profile="demo", device="cpu")
-    hyps = captioner.caption([corpus.open_image(n) for n in corpus.images])
-    scores = corpus_bleu_scores(hyps, [corpus.captions[n] for n in corpus.images])
-    assert scores["bleu4"] >= 35, (scores, hyps[:3])
