@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _diffusion_helpers import diffusion_assets, untrained_latent_checkpoint  # noqa: F401 - fixture
+from _diffusion_helpers import (  # noqa: F401 - fixture
+    check_shipped_generator,
+    diffusion_assets,
+    untrained_latent_checkpoint,
+)
 
 import mmdemo
 from mmdemo.generators.latent_diffusion import LatentDiffusionConfig, LatentDiffusionGenerator
@@ -157,3 +161,8 @@ def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, m
     a = full.generate("a red circle", seed=5, steps=2)
     b = generator.generate("a red circle", seed=5, steps=2)
     assert np.array_equal(np.asarray(a), np.asarray(b))  # the same weights give the same image either way
+
+
+def test_shipped_demo_checkpoint_draws_what_the_prompt_says(monkeypatch):
+    monkeypatch.delenv("MMDEMO_CHECKPOINTS", raising=False)
+    check_shipped_generator("latent-diffusion", color=0.8, shape=0.6)
