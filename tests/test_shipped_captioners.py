@@ -23,7 +23,7 @@ SHIPPED = {
     "resnet18-xattn": (40, 35),
     "clipb32-xattn": (40, 35),
     "qformer-bert": (40, 30),
-    "qformer-tinyllama": (35, 25),
+    "qformer-tinyllama": (38, 28),
 }
 
 
