@@ -246,16 +246,12 @@ def test_shipped_lora_shifts_the_style_and_keeps_the_prompt(shipped):
 
 
 def test_tiny_base_script_trains_on_several_styles_and_loads(tmp_path, monkeypatch):
-    import importlib.util
-
+    from _diffusion_helpers import load_script
     from diffusers import StableDiffusionXLPipeline
 
     from mmdemo.data.shapes import generate_shapes_dataset
 
-    script_path = Path(__file__).resolve().parents[1] / "train" / "train_tiny_sdxl_base.py"
-    spec = importlib.util.spec_from_file_location("train_tiny_sdxl_base", script_path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_tiny_sdxl_base")
     plain = generate_shapes_dataset(tmp_path / "plain", n=10, seed=0, size=32, max_objects=1)
     dark = generate_shapes_dataset(tmp_path / "dark", n=10, seed=1, size=32, max_objects=1, style="dark")
     out = tmp_path / "demo" / "sdxl-base"
