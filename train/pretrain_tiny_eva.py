@@ -121,18 +121,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import Blip2VisionModel
 
     from mmdemo.data.flickr8k import captioning_split, load_flickr8k
     from mmdemo.data.shapes import load_scenes
+    from mmdemo.training import make_accelerator, time_is_up
 
     torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
-    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
-    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator()
     set_seed(args.seed)
     corpus = load_flickr8k(args.data)
     scenes = load_scenes(args.data)
@@ -195,9 +193,7 @@ def main(args: argparse.Namespace) -> dict:
         progress.set_postfix(loss=f"{mean:.3f}")
         if state["global_step"] % args.checkpointing_steps == 0:
             save_state()
-        out_of_time = args.max_minutes is not None and time.time() - start > 60 * args.max_minutes
-        # Every process must stop at the same step, or the others would wait forever in the next all-reduce.
-        if accelerator.gather(torch.tensor([float(out_of_time)], device=accelerator.device)).max() > 0:
+        if time_is_up(accelerator, start, args.max_minutes):
             break
     progress.close()
     save_state()

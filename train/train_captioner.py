@@ -338,20 +338,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     from mmdemo import adapter_class
     from mmdemo.data.flickr8k import load_flickr8k
     from mmdemo.registry import get_spec
+    from mmdemo.training import make_accelerator
 
     torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
-    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
-    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision(args.mixed_precision), cpu=not torch.cuda.is_available()
-    )
+    accelerator = make_accelerator(mixed_precision=mixed_precision(args.mixed_precision))
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(args.seed)
     spec = get_spec(args.model, "captioner")

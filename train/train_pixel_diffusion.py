@@ -67,6 +67,7 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     swapped_weights,
 )
 from mmdemo.registry import get_spec  # noqa: E402
+from mmdemo.training import time_is_up  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TEXT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -252,9 +253,7 @@ def main(args: argparse.Namespace) -> dict:
         history.append({"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]})
         bar.set_postfix(loss=f"{mean_loss:.4f}")
         done = step + 1
-        out_of_time = args.max_minutes is not None and (time.time() - started) / 60 > args.max_minutes
-        # Every process must agree to stop at the same step, or DDP would wait forever on the others.
-        out_of_time = bool(accelerator.gather(torch.tensor([float(out_of_time)], device=device)).max())
+        out_of_time = time_is_up(accelerator, started, args.max_minutes)
         last = done == args.max_train_steps or out_of_time
         if accelerator.is_main_process and (done % args.sample_every == 0 or last):
             plot_curves(history, args.output_dir / "loss.png", title="pixel diffusion")

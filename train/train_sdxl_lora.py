@@ -343,18 +343,15 @@ def resolve_mixed_precision(choice: str) -> str:
 
 
 def main(args: argparse.Namespace) -> Path:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
+    from mmdemo.training import make_accelerator
+
     torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
-    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
-    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
-    accelerator = Accelerator(
-        mixed_precision=resolve_mixed_precision(args.mixed_precision), cpu=not torch.cuda.is_available()
-    )
+    accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision))
     set_seed(args.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32

@@ -58,6 +58,7 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     step_generator,
 )
 from mmdemo.registry import get_spec  # noqa: E402
+from mmdemo.training import time_is_up  # noqa: E402
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"
@@ -217,8 +218,7 @@ def main(args: argparse.Namespace) -> dict:
         history.append(record)
         bar.set_postfix(mse=f"{record['mse']:.4f}")
         done = step + 1
-        out_of_time = args.max_minutes is not None and (time.time() - started) / 60 > args.max_minutes
-        out_of_time = bool(accelerator.gather(torch.tensor([float(out_of_time)], device=device)).max())
+        out_of_time = time_is_up(accelerator, started, args.max_minutes)
         last = done == args.max_train_steps or out_of_time
         if done % args.sample_every == 0 or last:
             # Every process counts the codes of its own batches; the statistics are over all of them.

@@ -244,18 +244,14 @@ def make_accelerator(mixed_precision: str, output_dir: Path) -> Any:
     """An ``Accelerator``; fp16 falls back to full precision (with a warning) where there is no CUDA device."""
     import logging
 
-    from accelerate import Accelerator
+    from mmdemo import training
 
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         logging.getLogger(__name__).warning(
             "fp16 mixed precision needs a CUDA device; training in fp32 on this machine"
         )
         mixed_precision = "no"
-    # cpu=True on a machine without CUDA makes a multi-process launch (torchrun under `accelerate launch
-    # --multi_gpu --num_processes N`) a gloo MULTI_CPU run instead of N unrelated single-process runs.
-    return Accelerator(
-        mixed_precision=mixed_precision, project_dir=str(output_dir), cpu=not torch.cuda.is_available()
-    )
+    return training.make_accelerator(mixed_precision=mixed_precision, project_dir=str(output_dir))
 
 
 def process_record(accelerator: Any) -> dict[str, Any]:

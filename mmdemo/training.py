@@ -1,0 +1,28 @@
+"""Two pieces every training script shares: its accelerator and its ``--max-minutes`` stop."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+
+def make_accelerator(**kwargs: Any) -> Any:
+    """``accelerate.Accelerator(**kwargs)`` that forms a real process group on a machine without CUDA.
+
+    cpu=True there makes a multi-process launch (torchrun under ``accelerate launch --multi_gpu
+    --num_processes N``) a gloo MULTI_CPU run instead of N unrelated single-process runs.
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+def time_is_up(accelerator: Any, started: float, max_minutes: float | None) -> bool:
+    """Whether ``max_minutes`` have passed since ``started`` on any process.
+
+    Every process must stop at the same step, or the others would wait forever in the next all-reduce.
+    """
+    late = max_minutes is not None and time.time() - started > 60 * max_minutes
+    return bool(accelerator.gather(torch.tensor([float(late)], device=accelerator.device)).max() > 0)
