@@ -114,6 +114,17 @@ def test_resume_repeats_and_loses_no_step(shapes_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_max_minutes_stops_with_a_resumable_state(shapes_dir, tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    stopped = train(shapes_dir, tmp_path / "run", *cache, "--max-steps", "5", "--max-minutes", "0")
+    assert stopped["stopped_early"] and stopped["steps"] == 1  # the clock is checked after every step
+    assert (tmp_path / "run" / "model.safetensors").is_file()  # still a loadable checkpoint
+    finished = train(
+        shapes_dir, tmp_path / "run", *cache, "--max-steps", "5", "--resume-from-checkpoint", "latest"
+    )
+    assert not finished["stopped_early"] and finished["steps"] == 5
+
+
 def test_feature_cache_reused_and_invalidated(shapes_dir, tmp_path):
     cache = ["--cache-dir", str(tmp_path / "cache"), "--max-steps", "1"]
     first = train(shapes_dir, tmp_path / "a", *cache)

@@ -344,7 +344,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from mmdemo import adapter_class
     from mmdemo.data.flickr8k import load_flickr8k
     from mmdemo.registry import get_spec
-    from mmdemo.training import make_accelerator
+    from mmdemo.training import make_accelerator, time_is_up
 
     torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
     accelerator = make_accelerator(mixed_precision=mixed_precision(args.mixed_precision))
@@ -483,11 +483,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             save_state()
         elif step % args.checkpointing_steps == 0:
             save_state()
-        if (
-            args.max_minutes is not None
-            and time.time() - start_time > 60 * args.max_minutes
-            and step < total_steps
-        ):
+        if step < total_steps and time_is_up(accelerator, start_time, args.max_minutes):
             stopped_early = True
             break
     progress.close()
