@@ -21,13 +21,10 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,27 +38,18 @@ from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR  # 
 from mmdemo.models.diffusion.sampling import training_scheduler  # noqa: E402
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer  # noqa: E402
 from mmdemo.models.diffusion.training import (  # noqa: E402
-    EMA,
-    checkpoint_step,
-    cosine_with_warmup,
+    DenoiserTask,
+    add_denoiser_arguments,
+    check_denoiser_arguments,
     json_ready,
-    last_checkpoint,
     load_captioned_images,
-    load_history,
     make_accelerator,
-    plot_curves,
-    process_record,
-    prune_checkpoints,
     sample_prompts,
-    save_grid,
-    save_history,
     save_weights,
     set_threads,
-    step_generator,
-    swapped_weights,
+    train_denoiser,
 )
 from mmdemo.registry import get_spec  # noqa: E402
-from mmdemo.training import time_is_up  # noqa: E402
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"
@@ -142,42 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--config", choices=("full", "tiny"), default="full")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--train-batch-size", type=int, default=32, help="per process")
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--lr-warmup-steps", type=int, default=500)
-    p.add_argument("--max-train-steps", type=int, default=50000)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="fp16")
-    p.add_argument("--cond-dropout", type=float, default=0.1)
-    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None)
-    p.add_argument("--beta-schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"), default=None)
-    p.add_argument("--use-ema", action="store_true")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--checkpointing-steps", type=int, default=500)
-    p.add_argument("--checkpoints-total-limit", type=int, default=2)
-    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--sample-steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--save-fp16", action="store_true")
-    p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop (checkpoint + export) after this long"
-    )
-    p.add_argument("--seed", type=int, default=2024)
+    add_denoiser_arguments(p, max_train_steps=50000)
     args = p.parse_args(argv)
-    if args.max_train_steps < 1 or args.train_batch_size < 1:
-        raise ValueError("--max-train-steps and --train-batch-size must be positive")
-    if not 0.0 <= args.cond_dropout < 1.0:
-        raise ValueError(f"--cond-dropout must be in [0, 1), got {args.cond_dropout}")
-    if not 0.0 < args.ema_decay < 1.0:
-        raise ValueError(f"--ema-decay must be in (0, 1), got {args.ema_decay}")
-    if args.checkpointing_steps < 1 or args.sample_every < 1:
-        raise ValueError("--checkpointing-steps and --sample-every must be positive")
-    if not (args.data / "captions.txt").is_file():
-        raise ValueError(
-            f"{args.data}/captions.txt not found; write Shapes with `python -m mmdemo.data.shapes --out DIR`"
-        )
+    check_denoiser_arguments(args)
     if not (args.vqvae / VQVAE_FILE).is_file():
         raise ValueError(
             f"{args.vqvae}/{VQVAE_FILE} not found; train stage 1 first with train/train_vqvae.py"
@@ -191,8 +146,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from tqdm.auto import tqdm
-
     from mmdemo.weights import load_state_dict
 
     set_threads()
@@ -203,7 +156,7 @@ def main(args: argparse.Namespace) -> dict:
     text_encoder = load_text_encoder("clip", args.text_encoder)
     config = build_config(args, text_encoder)
     tokenizer = load_tokenizer(args.text_encoder, config.text_max_length)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the UNet's initial weights
     model = LatentDiffusionModel(config, text_encoder)
     model.vqvae.load_state_dict(load_state_dict(args.vqvae / VQVAE_FILE), strict=True)
     model.vqvae.requires_grad_(False).eval()
@@ -212,114 +165,29 @@ def main(args: argparse.Namespace) -> dict:
     # The main process encodes and writes the cache first; the others then read it instead of racing its write.
     with accelerator.main_process_first():
         latents = cached_latents(model, args, data.images, accelerator.is_main_process)
-    config.latent_scale = float(1.0 / latents.std())
-    latents = latents * config.latent_scale
+    config.latent_scale = float(1.0 / latents.std())  # model.config is this object: exported with the model
     logger.info("latents %s, scale %.4f", tuple(latents.shape), config.latent_scale)
-    noise_scheduler = training_scheduler(config, clip_sample=False)
-    unet = model.unet
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate)
-    n_proc = accelerator.num_processes
-    lr_scheduler = cosine_with_warmup(optimizer, args.lr_warmup_steps * n_proc, args.max_train_steps * n_proc)
-    ema = EMA(unet, args.ema_decay) if args.use_ema else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    wrapped, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
 
-    history: list[dict] = []
-    start = 0
-    if args.resume_from_checkpoint:
-        path = (
-            last_checkpoint(args.output_dir)
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if path is not None:
-            accelerator.load_state(str(path))
-            start = checkpoint_step(path)
-            history = [h for h in load_history(path) if h["step"] < start]
-            logger.info("resumed from %s at step %d", path, start)
-    prompts = sample_prompts(data)
-    bar = tqdm(
-        range(start, args.max_train_steps),
-        disable=not accelerator.is_local_main_process,
-        desc="latent diffusion",
+    def encode(captions: list[str]):
+        return encode_text(tokenizer, text_encoder, captions, config.text_max_length, device)
+
+    def sample(prompts: list[str]) -> list:
+        return sample_latent_images(model, tokenizer, prompts, seed=0, steps=args.sample_steps,
+                                    guidance=args.guidance, preset="fast")[0]  # fmt: skip
+
+    task = DenoiserTask(
+        title="latent diffusion",
+        config=config,
+        denoiser=model.unet,
+        clean=latents * config.latent_scale,
+        captions=data.captions,
+        noise_scheduler=training_scheduler(config, clip_sample=False),
+        encode=encode,
+        predict=lambda net, noisy, t, text: net(noisy, t, encoder_hidden_states=text.hidden).sample,
+        sample=sample,
+        export=lambda folder: export_model(model, tokenizer, folder, fp16=args.save_fp16),
     )
-    started = time.time()
-    for step in bar:
-        generator = step_generator(args.seed, step, accelerator.process_index)
-        index = torch.randint(len(data), (args.train_batch_size,), generator=generator)
-        which = torch.randint(1_000_000, (args.train_batch_size,), generator=generator).tolist()
-        drop = (torch.rand(args.train_batch_size, generator=generator) < args.cond_dropout).tolist()
-        captions = [
-            "" if d else data.captions[i][k % len(data.captions[i])]
-            for i, k, d in zip(index.tolist(), which, drop)
-        ]
-        clean = latents[index]
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, config.num_train_timesteps, (len(clean),), generator=generator)
-        clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
-        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-        target = (
-            noise
-            if config.prediction_type == "epsilon"
-            else noise_scheduler.get_velocity(clean, noise, timesteps)
-        )
-        text = encode_text(tokenizer, text_encoder, captions, config.text_max_length, device)
-        with accelerator.autocast():
-            pred = wrapped(noisy, timesteps, encoder_hidden_states=text.hidden).sample
-        loss = F.mse_loss(pred.float(), target.float())
-        accelerator.backward(loss)
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(unet)
-        mean_loss = float(accelerator.reduce(loss.detach(), "mean"))
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower --learning-rate")
-        history.append({"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{mean_loss:.4f}")
-        done = step + 1
-        out_of_time = time_is_up(accelerator, started, args.max_minutes)
-        last = done == args.max_train_steps or out_of_time
-        if accelerator.is_main_process and (done % args.sample_every == 0 or last):
-            plot_curves(history, args.output_dir / "loss.png", title="latent diffusion")
-            with swapped_weights(unet, ema):
-                unet.eval()
-                images, _ = sample_latent_images(model, tokenizer, prompts, seed=0, steps=args.sample_steps,
-                                                 guidance=args.guidance, preset="fast")  # fmt: skip
-                unet.train()
-            (args.output_dir / "samples").mkdir(exist_ok=True)
-            save_grid(images, args.output_dir / "samples" / f"step_{done:06d}.png", prompts)
-        if done % args.checkpointing_steps == 0 or last:
-            folder = args.output_dir / f"checkpoint-{done}"
-            accelerator.save_state(str(folder))
-            if accelerator.is_main_process:
-                save_history(folder, history)
-                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-        if out_of_time:
-            logger.info(
-                "--max-minutes %s reached: stopping at step %d of %d",
-                args.max_minutes,
-                done,
-                args.max_train_steps,
-            )
-            break
-    accelerator.wait_for_everyone()
-    summary = {"steps": history[-1]["step"] + 1 if history else start, "seconds": round(time.time() - started, 1),
-               "final_loss": sum(h["loss"] for h in history[-100:]) / max(1, len(history[-100:])),
-               **process_record(accelerator)}  # fmt: skip
-    if accelerator.is_main_process:
-        with swapped_weights(unet, ema):
-            export_model(model, tokenizer, args.output_dir, fp16=args.save_fp16)
-        save_history(args.output_dir, history)
-        plot_curves(history, args.output_dir / "loss.png", title="latent diffusion")
-        args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        (args.output_dir / "training_args.json").write_text(json.dumps({**args_json, **summary}, indent=1))
-        logger.info(json.dumps(summary))
-    return summary
+    return train_denoiser(args, accelerator, task, sample_prompts(data))
 
 
 if __name__ == "__main__":

@@ -42,20 +42,19 @@ from mmdemo.models.diffusion.patchgan import (  # noqa: E402
 )
 from mmdemo.models.diffusion.sampling import to_pil  # noqa: E402
 from mmdemo.models.diffusion.training import (  # noqa: E402
-    checkpoint_step,
     json_ready,
-    last_checkpoint,
     load_captioned_images,
-    load_history,
     make_accelerator,
     plot_curves,
     process_record,
-    prune_checkpoints,
+    resume_point,
+    save_checkpoint,
     save_grid,
     save_history,
     save_weights,
     set_threads,
     step_generator,
+    write_run_record,
 )
 from mmdemo.registry import get_spec  # noqa: E402
 from mmdemo.training import time_is_up  # noqa: E402
@@ -154,20 +153,8 @@ def main(args: argparse.Namespace) -> dict:
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, betas=betas)
     wrapped_ae, wrapped_d, opt_ae, opt_d = accelerator.prepare(autoencoder, discriminator, opt_ae, opt_d)
 
-    history: list[dict] = []
-    start = 0
-    if args.resume_from_checkpoint:
-        path = (
-            last_checkpoint(args.output_dir)
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if path is not None:
-            accelerator.load_state(str(path))
-            start = checkpoint_step(path)
-            history = [h for h in load_history(path) if h["step"] < start]
-            logger.info("resumed from %s at step %d", path, start)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    start, history = resume_point(accelerator, args.output_dir, args.resume_from_checkpoint)
     usage = torch.zeros(config.num_vq_embeddings, dtype=torch.long)
     fixed = data.images[torch.linspace(0, len(data) - 1, 8).long()]
     bar = tqdm(
@@ -246,11 +233,7 @@ def main(args: argparse.Namespace) -> dict:
                     columns=8,
                 )
         if done % args.checkpointing_steps == 0 or last:
-            folder = args.output_dir / f"checkpoint-{done}"
-            accelerator.save_state(str(folder))
-            if accelerator.is_main_process:
-                save_history(folder, history)
-                prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, args.output_dir, done, history, args.checkpoints_total_limit)
         if out_of_time:
             logger.info("--max-minutes reached: stopping at step %d", done)
             break
@@ -265,8 +248,7 @@ def main(args: argparse.Namespace) -> dict:
         (args.output_dir / "config.json").write_text(json.dumps(json_ready(config.to_dict()), indent=1))
         save_weights(autoencoder.vqvae.state_dict(), args.output_dir / VQVAE_FILE, fp16=False)
         save_history(args.output_dir, history)
-        args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        (args.output_dir / "training_args.json").write_text(json.dumps({**args_json, **summary}, indent=1))
+        write_run_record(args.output_dir, args, summary)
         logger.info(json.dumps(summary))
     return summary
 

@@ -1,4 +1,5 @@
-"""Helpers the diffusion training scripts share: data in memory, EMA, per-step RNG, plots, checkpoints.
+"""What the diffusion training scripts share: data in memory, EMA, per-step RNG, plots, checkpoints, and
+the whole training loop of the two text-conditioned denoisers (:func:`train_denoiser`).
 
 Batches are drawn with a generator seeded from ``(seed, process, step)``: a run resumed at step k draws
 exactly the batches an uninterrupted run would have drawn from step k on, so resuming neither repeats nor
@@ -7,19 +8,25 @@ skips data.
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CHECKPOINT_PREFIX = "checkpoint-"
+logger = logging.getLogger(__name__)
 
 
 def set_threads() -> None:
@@ -78,16 +85,21 @@ def step_generator(seed: int, step: int, process_index: int = 0) -> torch.Genera
 
 
 def draw_batch(
-    data: CaptionedImages, batch_size: int, generator: torch.Generator, cond_dropout: float
+    clean: torch.Tensor,
+    captions: list[list[str]],
+    batch_size: int,
+    generator: torch.Generator,
+    cond_dropout: float,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Random images, one random caption of each, and "" for a ``cond_dropout`` fraction (for CFG)."""
-    index = torch.randint(len(data), (batch_size,), generator=generator)
+    """Random rows of ``clean`` (images or their latents), one random caption of each, and "" for a
+    ``cond_dropout`` fraction (for classifier-free guidance)."""
+    index = torch.randint(len(clean), (batch_size,), generator=generator)
     which = torch.randint(1_000_000, (batch_size,), generator=generator)
     drop = torch.rand(batch_size, generator=generator) < cond_dropout
-    captions = []
+    chosen = []
     for i, k, d in zip(index.tolist(), which.tolist(), drop.tolist()):
-        captions.append("" if d else data.captions[i][k % len(data.captions[i])])
-    return data.images[index], captions
+        chosen.append("" if d else captions[i][k % len(captions[i])])
+    return clean[index], chosen
 
 
 class EMA:
@@ -158,6 +170,38 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
 
     for _, path in found[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def resume_point(accelerator: Any, output_dir: Path, resume_from: str | None) -> tuple[int, list[dict]]:
+    """Load ``--resume-from-checkpoint`` ('latest' or a checkpoint folder) into ``accelerator``.
+
+    Returns the first step still to run and the history up to it ((0, []) when there is nothing to resume).
+    """
+    if not resume_from:
+        return 0, []
+    path = last_checkpoint(output_dir) if resume_from == "latest" else Path(resume_from)
+    if path is None:
+        logger.info("no checkpoint in %s; starting from scratch", output_dir)
+        return 0, []
+    accelerator.load_state(str(path))
+    start = checkpoint_step(path)
+    logger.info("resumed from %s at step %d", path, start)
+    return start, [h for h in load_history(path) if h["step"] < start]
+
+
+def save_checkpoint(accelerator: Any, output_dir: Path, done: int, history: list[dict], keep: int) -> None:
+    """``checkpoint-<done>/``: the full accelerate state and the history; only the newest ``keep`` stay."""
+    folder = output_dir / f"{CHECKPOINT_PREFIX}{done}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        save_history(folder, history)
+        prune_checkpoints(output_dir, keep)
+
+
+def write_run_record(output_dir: Path, args: Any, summary: dict[str, Any]) -> None:
+    """``training_args.json``: every argument of the run and its summary, so a model card can quote both."""
+    args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (output_dir / "training_args.json").write_text(json.dumps({**args_json, **summary}, indent=1))
 
 
 def save_history(output_dir: Path, history: list[dict[str, float]]) -> None:
@@ -242,14 +286,10 @@ def json_ready(value: Any) -> Any:
 
 def make_accelerator(mixed_precision: str, output_dir: Path) -> Any:
     """An ``Accelerator``; fp16 falls back to full precision (with a warning) where there is no CUDA device."""
-    import logging
-
     from mmdemo import training
 
     if mixed_precision == "fp16" and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning(
-            "fp16 mixed precision needs a CUDA device; training in fp32 on this machine"
-        )
+        logger.warning("fp16 mixed precision needs a CUDA device; training in fp32 on this machine")
         mixed_precision = "no"
     return training.make_accelerator(mixed_precision=mixed_precision, project_dir=str(output_dir))
 
@@ -280,3 +320,172 @@ class swapped_weights:  # noqa: N801 - used as a context manager, reads like one
     def __exit__(self, *exc: Any) -> None:
         if self.backup is not None:
             self.module.load_state_dict(self.backup)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop both text-conditioned denoisers (pixel-diffusion, latent-diffusion) train with
+
+
+def add_denoiser_arguments(p: argparse.ArgumentParser, *, max_train_steps: int) -> None:
+    """The command-line options both denoiser scripts share (defaults: the report's, SPEC section 4)."""
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    p.add_argument("--train-batch-size", type=int, default=32, help="per process")
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--lr-warmup-steps", type=int, default=500)
+    p.add_argument("--max-train-steps", type=int, default=max_train_steps)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="fp16")
+    p.add_argument(
+        "--cond-dropout", type=float, default=0.1, help="fraction of captions replaced by '' (CFG)"
+    )
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None)
+    p.add_argument("--beta-schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"), default=None)
+    p.add_argument("--use-ema", action="store_true")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--checkpointing-steps", type=int, default=500)
+    p.add_argument("--checkpoints-total-limit", type=int, default=2)
+    p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
+    p.add_argument("--sample-every", type=int, default=500, help="loss curve + sample grid every N steps")
+    p.add_argument("--sample-steps", type=int, default=20, help="fast-preset steps for the sample grids")
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance of the sample grids")
+    p.add_argument(
+        "--save-fp16", action="store_true", help="store the final weights in fp16 (loaded back as fp32)"
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (checkpoint + export) at the first step boundary after this much training time",
+    )
+    p.add_argument("--seed", type=int, default=2024)
+
+
+def check_denoiser_arguments(args: argparse.Namespace) -> None:
+    """Reject the shared options' impossible values before any model is built."""
+    if args.max_train_steps < 1 or args.train_batch_size < 1:
+        raise ValueError("--max-train-steps and --train-batch-size must be positive")
+    if not 0.0 <= args.cond_dropout < 1.0:
+        raise ValueError(f"--cond-dropout must be in [0, 1), got {args.cond_dropout}")
+    if not 0.0 < args.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must be in (0, 1), got {args.ema_decay}")
+    if args.checkpointing_steps < 1 or args.sample_every < 1:
+        raise ValueError("--checkpointing-steps and --sample-every must be positive")
+    if not (args.data / "captions.txt").is_file():
+        raise ValueError(
+            f"{args.data}/captions.txt not found; write Shapes with `python -m mmdemo.data.shapes --out DIR`"
+        )
+
+
+@dataclass
+class DenoiserTask:
+    """What one text-to-image model brings to :func:`train_denoiser`; the loop itself is shared.
+
+    ``clean`` is what gets noised (pixels, or cached VQ-VAE latents), row for row with ``captions``.
+    """
+
+    title: str  # progress bar, log and plot title
+    config: Any  # num_train_timesteps, prediction_type, text_max_length
+    denoiser: nn.Module  # the only trainable part
+    clean: torch.Tensor
+    captions: list[list[str]]
+    noise_scheduler: Any  # the training DDPMScheduler (add_noise, get_velocity)
+    encode: Callable[[list[str]], Any]  # captions -> EncodedText of the frozen text encoder
+    predict: Callable[[nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (net, noisy, t, text)
+    sample: Callable[[list[str]], list[Any]]  # prompts -> PIL images with the denoiser's current weights
+    export: Callable[[Path], None]  # write the loadable model folder with the denoiser's current weights
+
+
+def train_denoiser(
+    args: argparse.Namespace, accelerator: Any, task: DenoiserTask, prompts: list[str]
+) -> dict:
+    """Train ``task.denoiser`` by denoising score matching with the shared options (see
+    :func:`add_denoiser_arguments`): AdamW + cosine warm-up, gradient clipping, optional EMA, resumable
+    checkpoints, loss curve and sample grids of ``prompts``, ``--max-minutes``; export at the end."""
+    from tqdm.auto import tqdm
+
+    from mmdemo.training import time_is_up
+
+    device = accelerator.device
+    denoiser, config, out = task.denoiser, task.config, args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=args.learning_rate)
+    # accelerate steps a prepared scheduler once per process per optimiser step, hence the factor.
+    n_proc = accelerator.num_processes
+    lr_scheduler = cosine_with_warmup(optimizer, args.lr_warmup_steps * n_proc, args.max_train_steps * n_proc)
+    ema = EMA(denoiser, args.ema_decay) if args.use_ema else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    wrapped, optimizer, lr_scheduler = accelerator.prepare(denoiser, optimizer, lr_scheduler)
+    start, history = resume_point(accelerator, out, args.resume_from_checkpoint)
+    logger.info(
+        "%s: %d trainable parameters, %d images, steps %d -> %d",
+        task.title, sum(p.numel() for p in denoiser.parameters()), len(task.clean), start, args.max_train_steps,
+    )  # fmt: skip
+    bar = tqdm(
+        range(start, args.max_train_steps), disable=not accelerator.is_local_main_process, desc=task.title
+    )
+    started = time.time()
+    for step in bar:
+        generator = step_generator(args.seed, step, accelerator.process_index)
+        clean, captions = draw_batch(
+            task.clean, task.captions, args.train_batch_size, generator, args.cond_dropout
+        )
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, config.num_train_timesteps, (len(clean),), generator=generator)
+        clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
+        noisy = task.noise_scheduler.add_noise(clean, noise, timesteps)
+        target = (
+            noise
+            if config.prediction_type == "epsilon"
+            else task.noise_scheduler.get_velocity(clean, noise, timesteps)
+        )
+        text = task.encode(captions)
+        with accelerator.autocast():
+            pred = task.predict(wrapped, noisy, timesteps, text)
+        loss = F.mse_loss(pred.float(), target.float())
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(denoiser)
+        mean_loss = float(accelerator.reduce(loss.detach(), "mean"))
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"loss became {mean_loss} at step {step}; lower --learning-rate")
+        history.append({"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]})
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        done = step + 1
+        out_of_time = time_is_up(accelerator, started, args.max_minutes)
+        last = done == args.max_train_steps or out_of_time
+        if accelerator.is_main_process and (done % args.sample_every == 0 or last):
+            plot_curves(history, out / "loss.png", title=task.title)
+            with swapped_weights(denoiser, ema):
+                denoiser.eval()
+                images = task.sample(prompts)
+                denoiser.train()
+            (out / "samples").mkdir(exist_ok=True)
+            save_grid(images, out / "samples" / f"step_{done:06d}.png", prompts)
+        if done % args.checkpointing_steps == 0 or last:
+            save_checkpoint(accelerator, out, done, history, args.checkpoints_total_limit)
+        if out_of_time:
+            logger.info(
+                "--max-minutes %s reached: stopping at step %d of %d",
+                args.max_minutes,
+                done,
+                args.max_train_steps,
+            )
+            break
+    accelerator.wait_for_everyone()
+    recent = history[-100:]
+    summary = {"steps": history[-1]["step"] + 1 if history else start, "seconds": round(time.time() - started, 1),
+               "final_loss": sum(h["loss"] for h in recent) / max(1, len(recent)), **process_record(accelerator)}  # fmt: skip
+    if accelerator.is_main_process:
+        with swapped_weights(denoiser, ema):
+            task.export(out)
+        save_history(out, history)
+        plot_curves(history, out / "loss.png", title=task.title)
+        write_run_record(out, args, summary)
+        logger.info(json.dumps(summary))
+    return summary
