@@ -101,3 +101,39 @@ def test_evaluate_generator_cli_end_to_end(diffusion_assets, tmp_path, monkeypat
     assert saved["color_acc"] == summary["color_acc"] and len(saved["images"]) == 3
     with pytest.raises(ValueError, match="unknown generator id"):
         script.parse_args(["--model", "resnet18-xattn", "--out", str(out)])
+
+
+def test_split_evaluation_merges_into_the_single_run(diffusion_assets, tmp_path, monkeypatch):  # noqa: F811
+    root = tmp_path / "ckpt"
+    untrained_pixel_checkpoint(root / "demo" / "pixel-diffusion", diffusion_assets["bert"])
+    monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(root))
+    script = load_script("evaluate_generator")
+
+    def run(out: str, *extra: str) -> dict:
+        argv = ["--model", "pixel-diffusion", "--seed", "5", "--steps", "2", "--out", str(tmp_path / out),
+                "--json-out", str(tmp_path / f"{out}.json"), *extra]  # fmt: skip
+        script.main(script.parse_args(argv))
+        return json.loads((tmp_path / f"{out}.json").read_text())
+
+    whole = run("whole", "--n", "3")
+    run("split", "--n", "2")
+    run("split", "--n", "1", "--start", "2", "--json-out", str(tmp_path / "split_b.json"))
+    parts = [str(tmp_path / "split.json"), str(tmp_path / "split_b.json")]
+    merged = script.main(
+        script.parse_args(
+            ["--merge", *parts, "--json-out", str(tmp_path / "m.json"), "--out", str(tmp_path / "split")]
+        )
+    )
+    for i in range(3):  # the same pictures as the single run, named by their index in the one sequence
+        a = np.asarray(Image.open(tmp_path / "whole" / f"{i}.png"))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "split" / f"{i}.png")))
+    joined = json.loads((tmp_path / "m.json").read_text())
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in joined["images"]]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in whole["images"]]
+    assert merged["n"] == 3 and merged["shape_acc"] == whole["shape_acc"] and len(merged["parts"]) == 2
+    with (tmp_path / "split" / "prompts.csv").open() as handle:
+        assert [r["file"] for r in csv.DictReader(handle)] == ["0.png", "1.png", "2.png"]
+    with pytest.raises(ValueError, match="exactly once"):
+        script.merge_parts([tmp_path / "split.json", tmp_path / "split.json"])
+    with pytest.raises(ValueError, match="--json-out"):
+        script.parse_args(["--merge", *parts])
