@@ -30,6 +30,12 @@ def test_pretrained_encoders_reload(diffusion_assets):  # noqa: F811
     tokenizer = load_tokenizer(diffusion_assets["clip"], 32)
     ids = tokenizer("a red circle")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id and len(ids) == 5
+    from mmdemo.data.shapes import SHAPES
+
+    for kind in ("bert", "clip"):  # the pretraining records how well the encoder keeps shape words apart
+        summary = json.loads((diffusion_assets[kind] / "pretrain_summary.json").read_text())
+        cosine, *words = summary["closest_shapes"]
+        assert -1.0 <= cosine <= 1.0 and len(set(words)) == 2 and set(words) <= set(SHAPES)
 
 
 def test_pixel_training_resumes_exactly_and_reloads(diffusion_assets, tmp_path, monkeypatch):  # noqa: F811

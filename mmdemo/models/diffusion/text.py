@@ -182,3 +182,31 @@ def truncation_notice(max_length: int) -> str:
         f"The prompt is longer than the text encoder's limit of {max_length} tokens; "
         f"only its first {max_length} tokens were used."
     )
+
+
+@torch.no_grad()
+def closest_word_pair(
+    tokenizer: Any,
+    text_encoder: nn.Module,
+    words: Sequence[str],
+    max_length: int,
+    template: str = "a large {} at the top",
+) -> tuple[float, tuple[str, str]]:
+    """How alike the encoder's states for ``template`` filled with each of ``words`` are, after removing what
+    all of them share: the highest cosine between two words, and which two.
+
+    A conditioning encoder must keep apart the words a generator has to tell apart. A tiny CLIP text tower
+    pretrained for 250 steps against a weak image tower gave "circle" and "square" a cosine of 0.97 here,
+    and the latent model conditioned on it drew most squares as circles.
+    """
+    device = next(text_encoder.parameters()).device
+    prompts = [template.format(w) for w in words]
+    hidden = encode_text(tokenizer, text_encoder, prompts, max_length, device).hidden.float().cpu()
+    centred = nn.functional.normalize((hidden - hidden.mean(0, keepdim=True)).flatten(1), dim=-1)
+    cosine = centred @ centred.T
+    pairs = [
+        (float(cosine[i, j]), (words[i], words[j]))
+        for i in range(len(words))
+        for j in range(i + 1, len(words))
+    ]
+    return max(pairs)
