@@ -114,19 +114,31 @@ def diffusion_assets(tmp_path_factory) -> dict[str, Path]:
 
 
 def check_shipped_generator(model_id: str, *, color: float, shape: float, n: int = 8) -> dict[str, float]:
-    """The shipped demo checkpoint's recorded ShapesEval (64 prompts) meets ``color``/``shape``, and a fresh
-    re-measurement on ``n`` prompts it never saw stays near them (a broken or stale file fails here)."""
+    """The shipped demo checkpoint's recorded ShapesEval (64 prompts) meets ``color``/``shape`` with the fast
+    preset and agrees with the report preset, and a fresh re-measurement on ``n`` prompts it never saw stays
+    near them (a broken or stale file fails here)."""
     import json
 
     import mmdemo
-    from mmdemo.data.shapes import sample_single_object_prompts
+    from mmdemo.data.shapes import SHAPES, sample_single_object_prompts
     from mmdemo.eval.shapes_eval import accuracies, judge
+    from mmdemo.models.diffusion.text import closest_word_pair
 
     folder = REPO / "checkpoints" / "demo" / model_id
     assert (folder / "config.json").is_file(), f"the shipped demo checkpoint is missing from {folder}"
     recorded = json.loads((folder / "eval_shapes_fast.json").read_text())
     assert recorded["n"] >= 64 and recorded["color_acc"] >= color and recorded["shape_acc"] >= shape, recorded
+    # The fast preset stands in for the report's sampler: on the same prompts and seeds, within 0.05 of it.
+    report = json.loads((folder / "eval_shapes_report.json").read_text())
+    assert report["n"] == recorded["n"] and report["seed"] == recorded["seed"], (report["n"], recorded["n"])
+    for key in ("color_acc", "shape_acc"):
+        assert abs(report[key] - recorded[key]) <= 0.05, (key, report[key], recorded[key])
     generator = mmdemo.load_generator(model_id, profile="demo", device="cpu")
+    # The frozen text encoder must keep shape words apart, or the model cannot learn them (the latent demo
+    # once drew squares as circles: its encoder's circle/square cosine was 0.97).
+    max_length = generator.model.config.text_max_length
+    cosine, pair = closest_word_pair(generator.tokenizer, generator.model.text_encoder, SHAPES, max_length)
+    assert cosine < 0.6, f"the shipped text encoder hardly tells {pair} apart (cosine {cosine:.2f})"
     prompts = [prompt for prompt, _ in sample_single_object_prompts(n, seed=4242, image_size=32)]
     judged = [judge(generator.generate(p, seed=4242 + i, preset="fast"), p) for i, p in enumerate(prompts)]
     fresh = accuracies(judged)
