@@ -9,7 +9,7 @@ latents are scaled to unit variance (``latent_scale`` in config.json).
     accelerate launch train/train_latent_diffusion.py --data flickr8k/ --vqvae out/vqvae \
         --text-encoder CLIP_DIR --output-dir out/latent                                   # full size, GPU
     python train/train_latent_diffusion.py --config tiny --data runs/shapes32_single --vqvae runs/vqvae \
-        --text-encoder runs/tiny-clip-text-shapes --output-dir runs/latent ...          # demo (model card)
+        --text-encoder runs/tiny-clip-text-shapes-3000 --output-dir runs/latent ...          # demo (model card)
 
 The final folder (``config.json``, ``model.safetensors`` with ``vqvae.*`` + ``unet.*``, ``text_encoder/``,
 ``tokenizer/``) is what ``mmdemo.load_generator("latent-diffusion")`` reads.
