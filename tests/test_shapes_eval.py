@@ -137,3 +137,5 @@ def test_split_evaluation_merges_into_the_single_run(diffusion_assets, tmp_path,
         script.merge_parts([tmp_path / "split.json", tmp_path / "split.json"])
     with pytest.raises(ValueError, match="--json-out"):
         script.parse_args(["--merge", *parts])
+    with pytest.raises(ValueError, match="--json-out"):
+        script.parse_args(["--model", "pixel-diffusion", "--out", str(tmp_path), "--start", "2"])

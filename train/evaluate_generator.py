@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.start < 0:
         raise ValueError(f"--start must be >= 0, got {args.start}")
+    if args.start > 0 and args.json_out is None:  # a part must not replace the whole run's results file
+        raise ValueError("--start needs --json-out (join the parts with --merge)")
     return args
 
 
