@@ -1,11 +1,19 @@
-"""Two pieces every training script shares: its accelerator and its ``--max-minutes`` stop."""
+"""What every training script shares: its thread count, its accelerator and its ``--max-minutes`` stop."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import torch
+
+
+def set_threads() -> None:
+    """Honour ``MMDEMO_NUM_THREADS`` (``/tmp/cpuslot`` sets it to 1) so shared CPUs are not oversubscribed."""
+    threads = os.environ.get("MMDEMO_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
 
 
 def make_accelerator(**kwargs: Any) -> Any:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mmdemo.training import set_threads  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,7 +99,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from mmdemo.data.flickr8k import load_flickr8k
     from mmdemo.eval.bleu import corpus_bleu_scores
 
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     corpus = load_flickr8k(args.data)
     names = split_images(corpus, args.split)[: args.limit]
     captioner = load(args)

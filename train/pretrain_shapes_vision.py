@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mmdemo.captioners.xattn import VISION_SPECS, XAttnConfig, build_vision, preprocess_images, vision_tokens
+from mmdemo.training import set_threads  # noqa: E402
 
 NONE = "<none>"
 
@@ -98,7 +98,7 @@ def main(args: argparse.Namespace) -> dict:
     from mmdemo.data.flickr8k import load_flickr8k
     from mmdemo.data.shapes import POSITIONS, load_scenes
 
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     torch.manual_seed(args.seed)
     accelerator = Accelerator()
     config = XAttnConfig(vision=args.vision, image_size=args.image_size)

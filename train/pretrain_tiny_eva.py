@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -127,9 +126,9 @@ def main(args: argparse.Namespace) -> dict:
 
     from mmdemo.data.flickr8k import captioning_split, load_flickr8k
     from mmdemo.data.shapes import load_scenes
-    from mmdemo.training import make_accelerator, time_is_up
+    from mmdemo.training import make_accelerator, set_threads, time_is_up
 
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     accelerator = make_accelerator()
     set_seed(args.seed)
     corpus = load_flickr8k(args.data)

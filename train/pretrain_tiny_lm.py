@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -141,9 +140,9 @@ def main(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
-    from mmdemo.training import make_accelerator, time_is_up
+    from mmdemo.training import make_accelerator, set_threads, time_is_up
 
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     accelerator = make_accelerator(mixed_precision=args.mixed_precision)
     set_seed(args.seed)
     groups = training_captions(args.data)

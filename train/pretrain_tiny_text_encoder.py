@@ -48,9 +48,9 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     cosine_with_warmup,
     load_captioned_images,
     plot_curves,
-    set_threads,
     step_generator,
 )
+from mmdemo.training import set_threads  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -344,9 +343,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from mmdemo import adapter_class
     from mmdemo.data.flickr8k import load_flickr8k
     from mmdemo.registry import get_spec
-    from mmdemo.training import make_accelerator, time_is_up
+    from mmdemo.training import make_accelerator, set_threads, time_is_up
 
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     accelerator = make_accelerator(mixed_precision=mixed_precision(args.mixed_precision))
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(args.seed)

@@ -51,10 +51,10 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     make_accelerator,
     sample_prompts,
     save_weights,
-    set_threads,
     train_denoiser,
 )
 from mmdemo.registry import get_spec  # noqa: E402
+from mmdemo.training import set_threads  # noqa: E402
 
 logger = logging.getLogger(__name__)
 TEXT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import shutil
 import sys
@@ -348,9 +347,9 @@ def main(args: argparse.Namespace) -> Path:
     from diffusers.training_utils import cast_training_params
     from tqdm.auto import tqdm
 
-    from mmdemo.training import make_accelerator
+    from mmdemo.training import make_accelerator, set_threads
 
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision))
     set_seed(args.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(

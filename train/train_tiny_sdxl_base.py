@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -48,6 +47,7 @@ from mmdemo.generators.sdxl import (
     save_demo_pipeline,
     tokenize,
 )
+from mmdemo.training import set_threads  # noqa: E402
 
 
 def load_pictures(data: Path, resolution: int) -> tuple[torch.Tensor, list[list[str]]]:
@@ -216,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", torch.get_num_threads())))
+    set_threads()
     torch.manual_seed(args.seed)
     pipe = build_tiny_pipeline(seed=args.seed)
     loaded = [load_pictures(folder, args.resolution) for folder in args.data]

@@ -52,12 +52,11 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     save_grid,
     save_history,
     save_weights,
-    set_threads,
     step_generator,
     write_run_record,
 )
 from mmdemo.registry import get_spec  # noqa: E402
-from mmdemo.training import time_is_up  # noqa: E402
+from mmdemo.training import set_threads, time_is_up  # noqa: E402
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"

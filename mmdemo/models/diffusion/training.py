@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable
@@ -27,13 +26,6 @@ from torch import nn
 
 CHECKPOINT_PREFIX = "checkpoint-"
 logger = logging.getLogger(__name__)
-
-
-def set_threads() -> None:
-    """Honour ``MMDEMO_NUM_THREADS`` (``/tmp/cpuslot`` sets it to 1) so shared CPUs are not oversubscribed."""
-    threads = os.environ.get("MMDEMO_NUM_THREADS")
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
 
 
 @dataclass
