@@ -5,7 +5,9 @@ Usage::
     python -m mmdemo.eval.bleu --hyps H.csv --refs captions.txt [--standard]
 
 prints one JSON object, ``{"bleu1": .., "bleu2": .., "bleu3": .., "bleu4": .., "n": ..}``, on a
-0-100 scale. ``H.csv`` is an ``image,caption`` CSV (header row required, one row per image);
+0-100 scale. ``H.csv`` is an ``image,caption`` CSV, one row per image, read as people publish such files
+(header or none, BOM, CRLF, blank lines, a caption broken over lines without quotes; every repair is
+reported on stderr with its line number, see :func:`load_hypotheses`);
 ``captions.txt`` is a Flickr8k captions file (``image,caption`` header, several rows per image, read
 by :mod:`mmdemo.data.flickr8k`), or the dataset folder holding it.
 Every hypothesis is scored against all references of its image.
@@ -56,8 +58,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU
@@ -225,6 +228,11 @@ def sentence_bleu_scores(hypothesis: str, references: Sequence[str | None]) -> d
 # Files
 # ---------------------------------------------------------------------------
 
+# An image file name as datasets name them (no spaces, no path separators, an image extension). Used to
+# tell a new row from a continuation line when no reference set says which names exist.
+_IMAGE_NAME = re.compile(r"[^\s,/\\]+\.(?:jpe?g|png|gif|bmp|webp|tiff?)", re.IGNORECASE)
+_HEADER = ["image", "caption"]
+
 
 def _name_list(names: Sequence[str]) -> str:
     """``a, b, c`` for the first few names, with how many more were left out."""
@@ -233,63 +241,157 @@ def _name_list(names: Sequence[str]) -> str:
     return shown + (f" (and {more} more)" if more > 0 else "")
 
 
-def _read_image_caption_csv(path: Path) -> list[tuple[str, str]]:
-    """Rows of a hypotheses CSV (header ``image,caption``) as ``(image, caption)`` pairs.
+class _CountingLines:
+    """The file's physical lines fed to ``csv.reader`` one at a time, remembering which ones each record used.
 
-    The csv module handles quoted captions with commas, doubled quotes and embedded newlines;
-    ``newline=""`` is required for the latter. Blank lines are skipped. Unlike a references file,
-    a caption may be empty: a model that generated nothing is scored, not rejected.
+    csv.reader pulls exactly the lines one record needs, so after each record ``take()`` returns its first
+    line number and its raw text (quotes included): what a continuation line contributes, and what an error
+    message points at.
     """
-    try:
-        # utf-8-sig: spreadsheet tools often prepend a byte-order mark, which would spoil the header.
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            # line_num is where a record ends, which is what an editor needs to find it.
-            rows = [(reader.line_num, row) for row in reader if row]
-    except OSError as err:
-        raise ValueError(f"cannot read {path}: {err.strerror or err}") from err
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{path} is not a UTF-8 CSV file: {err}") from err
-    if not rows:
-        raise ValueError(f"{path} is empty: expected a header 'image,caption' and one row per caption")
-    header = [cell.strip().lower() for cell in rows[0][1]]
-    if header != ["image", "caption"]:
-        raise ValueError(f"{path}: the first row must be the header 'image,caption', found {rows[0][1]!r}")
-    pairs = []
-    for line, row in rows[1:]:
-        if len(row) != 2:
-            raise ValueError(
-                f"{path}, line {line}: expected 2 fields (image,caption), found {len(row)}; quote "
-                'captions that contain commas, e.g. img.jpg,"a dog, running"'
-            )
-        image = row[0].strip()
-        if not image:
-            raise ValueError(f"{path}, line {line}: empty image name")
-        pairs.append((image, row[1]))
-    return pairs
+
+    def __init__(self, text: str) -> None:
+        # \r\n, \n and \r all end a line (files written on Windows or old Macs); nothing else does, so a
+        # caption keeps any other control character it contains.
+        self._lines = re.findall(r"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+$", text)
+        self._next = 0
+        self._first = 0
+
+    def __iter__(self) -> _CountingLines:
+        return self
+
+    def __next__(self) -> str:
+        if self._next >= len(self._lines):
+            raise StopIteration
+        self._next += 1
+        return self._lines[self._next - 1]
+
+    def take(self) -> tuple[int, str]:
+        first, self._first = self._first, self._next
+        return first + 1, "".join(self._lines[first : self._next])
 
 
-def load_hypotheses(path: str | Path) -> dict[str, str]:
-    """Generated captions from an ``image,caption`` CSV, in file order: ``{image: caption}``.
+def _is_image_name(cell: str, known_images: Set[str] | None) -> bool:
+    """A reference image's name, or anything shaped like an image file name (an unknown image is reported
+    later, by name, rather than glued to the caption above it)."""
+    name = cell.strip()
+    return bool(_IMAGE_NAME.fullmatch(name)) or (known_images is not None and name in known_images)
+
+
+def _read_image_caption_csv(
+    path: Path, known_images: Set[str] | None = None, notices: list[str] | None = None
+) -> list[tuple[int, str, str]]:
+    """``(line, image, caption)`` rows of a hypotheses file written by us or by someone else.
+
+    Accepted as published outputs files come: a header ``image,caption`` or none; a UTF-8 byte-order mark;
+    CRLF or CR line ends; blank lines; quoted captions with commas, doubled quotes or embedded newlines (the
+    csv module); unquoted commas inside a caption (the caption is everything after the first comma); and a
+    caption broken over several lines without quotes: a line that does not start with an image name
+    continues the caption above it and is joined to it with a space. An image name is one of
+    ``known_images`` (the reference images, when given) or anything shaped like an image file name.
+    Everything that was repaired is described in ``notices`` with its line number.
 
     Raises:
-        ValueError: unreadable file, missing header, no rows, or an image listed twice.
+        ValueError: naming the line, for what cannot be read one way only: a first data line that is
+            not an image row, an image name without a caption, an empty image name (a missing name or a
+            line broken before a comma?), a quote left open to the end of the file.
+    """
+    notices = notices if notices is not None else []
+    try:
+        # utf-8-sig: spreadsheet tools often prepend a byte-order mark, which would spoil the header.
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text file: {err}") from err
+    lines = _CountingLines(text)
+    reader = csv.reader(lines, strict=True)
+    rows: list[tuple[int, str, str]] = []
+    seen_header = seen_first = False
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            line, _ = lines.take()
+            hint = " (a quote opened there is never closed)" if "end of data" in str(err) else ""
+            raise ValueError(
+                f"{path}, line {line}: {err}{hint}; quote a whole caption that holds quotes, doubling the "
+                'quotes inside it: img.jpg,"a ""red"" kite"'
+            ) from err
+        line, raw = lines.take()
+        if not any(cell.strip() for cell in record):
+            continue  # blank line
+        first = record[0].strip()
+        if not seen_first:
+            seen_first = True
+            if [cell.strip().lower() for cell in record] == _HEADER:
+                seen_header = True
+                continue
+            if not _is_image_name(first, known_images):
+                raise ValueError(
+                    f"{path}, line {line}: expected the header 'image,caption' or a row image,caption; "
+                    f"{first!r} is not an image name"
+                )
+            notices.append(f"{path}: no 'image,caption' header; line {line} is read as the first caption")
+        if _is_image_name(first, known_images):
+            if len(record) < 2:
+                raise ValueError(
+                    f"{path}, line {line}: image {first!r} without a caption (expected image,caption)"
+                )
+            caption = ",".join(record[1:])
+            if len(record) > 2:
+                notices.append(
+                    f"{path}, line {line}: unquoted comma(s) in the caption of {first}, kept in it"
+                )
+            rows.append((line, first, caption))
+            continue
+        if not first and len(record) >= 2:
+            # ",a dog": a row whose image name is missing, or a caption broken just before a comma?
+            raise ValueError(f"{path}, line {line}: empty image name (or a line break before a comma)")
+        if not rows:
+            raise ValueError(
+                f"{path}, line {line}: {first!r} is not an image name, and no caption above it to continue"
+                + ("" if seen_header else " (expected the header 'image,caption')")
+            )
+        prev_line, image, caption = rows[-1]
+        rows[-1] = (prev_line, image, f"{caption} {raw.strip()}")
+        notices.append(
+            f"{path}, line {line}: does not start with an image name; joined to the caption of {image} "
+            f"(line {prev_line}) as an unquoted line break"
+        )
+    if not seen_first:
+        raise ValueError(f"{path} is empty: expected a header 'image,caption' and one row per caption")
+    return rows
+
+
+def load_hypotheses(
+    path: str | Path, known_images: Set[str] | None = None, notices: list[str] | None = None
+) -> dict[str, str]:
+    """Generated captions from an ``image,caption`` file, in file order: ``{image: caption}``.
+
+    See :func:`_read_image_caption_csv` for what is accepted; ``known_images`` (the reference images)
+    tells new rows from continuation lines. An image listed twice keeps its last caption, and
+    ``notices`` says so with both line numbers. A caption may be empty: a model that generated nothing is
+    scored, not rejected.
+
+    Raises:
+        ValueError: unreadable or ambiguous file (the message names the line), or no rows.
     """
     path = Path(path)
-    pairs = _read_image_caption_csv(path)
-    if not pairs:
+    notices = notices if notices is not None else []
+    rows = _read_image_caption_csv(path, known_images, notices)
+    if not rows:
         raise ValueError(f"{path} has a header but no hypotheses")
     hyps: dict[str, str] = {}
-    duplicates: list[str] = []
-    for image, caption in pairs:
-        if image in hyps and image not in duplicates:
-            duplicates.append(image)
+    first_line: dict[str, int] = {}
+    for line, image, caption in rows:
+        if image in hyps:
+            notices.append(
+                f"{path}, line {line}: {image} again (also on line {first_line[image]}); the last caption is kept"
+            )
+        first_line.setdefault(image, line)
         hyps[image] = caption
-    if duplicates:
-        raise ValueError(
-            f"{path}: {len(duplicates)} image(s) have more than one hypothesis (keep one row per "
-            f"image): {_name_list(duplicates)}"
-        )
     return hyps
 
 
@@ -318,14 +420,18 @@ def load_references(path: str | Path) -> dict[str, list[str]]:
     return corpus.captions
 
 
-def evaluate_files(hyps_path: str | Path, refs_path: str | Path, standard: bool = False) -> dict:
-    """Score a hypotheses CSV against a Flickr8k captions file; see :func:`corpus_bleu_scores`.
+def load_pairs(
+    hyps_path: str | Path, refs_path: str | Path, notices: list[str] | None = None
+) -> tuple[list[str], list[str], list[list[str]]]:
+    """``(images, hypotheses, references)`` of a hypotheses file and a Flickr8k captions file, aligned.
+
+    What had to be repaired in the hypotheses file is appended to ``notices`` (see :func:`load_hypotheses`).
 
     Raises:
         ValueError: any problem with either file, or hypotheses naming images without references.
     """
-    hyps = load_hypotheses(hyps_path)
     refs = load_references(refs_path)
+    hyps = load_hypotheses(hyps_path, known_images=refs.keys(), notices=notices)
     unknown = [image for image in hyps if image not in refs]
     if unknown:
         raise ValueError(
@@ -333,7 +439,19 @@ def evaluate_files(hyps_path: str | Path, refs_path: str | Path, standard: bool 
             f"{_name_list(unknown)}"
         )
     images = list(hyps)
-    return corpus_bleu_scores([hyps[i] for i in images], [refs[i] for i in images], standard=standard)
+    return images, [hyps[i] for i in images], [refs[i] for i in images]
+
+
+def evaluate_files(
+    hyps_path: str | Path, refs_path: str | Path, standard: bool = False, notices: list[str] | None = None
+) -> dict:
+    """Score a hypotheses file against a Flickr8k captions file; see :func:`corpus_bleu_scores`.
+
+    Raises:
+        ValueError: any problem with either file, or hypotheses naming images without references.
+    """
+    _, hypotheses, references = load_pairs(hyps_path, refs_path, notices)
+    return corpus_bleu_scores(hypotheses, references, standard=standard)
 
 
 # ---------------------------------------------------------------------------
@@ -375,10 +493,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the scores as JSON; return 0, or 2 after a one-line error message."""
     try:
         args = parse_args(argv)
-        scores = evaluate_files(args.hyps, args.refs, standard=args.standard)
+        notices: list[str] = []
+        scores = evaluate_files(args.hyps, args.refs, standard=args.standard, notices=notices)
     except ValueError as err:
         print(f"python -m mmdemo.eval.bleu: error: {err}", file=sys.stderr)
         return 2
+    for notice in notices:  # what was repaired in the hypotheses file, line by line
+        print(f"python -m mmdemo.eval.bleu: note: {notice}", file=sys.stderr)
     print(json.dumps(scores))
     return 0
 
