@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.models.infinity import Infinity, InfinityConfig, InfinityFamilyConfig, SamplingOptions  # noqa: E402
-from mmdemo.models.infinity.sampler import kv_cache_bytes, sample_codes  # noqa: E402
-from mmdemo.models.infinity.schedules import OFFICIAL_BUDGET_SCALES, PIXEL_BUDGETS, get_schedule  # noqa: E402
-from mmdemo.registry import get_spec  # noqa: E402
+from mmdemo.models.infinity import Infinity, InfinityConfig, InfinityFamilyConfig, SamplingOptions
+from mmdemo.models.infinity.sampler import kv_cache_bytes, sample_codes
+from mmdemo.models.infinity.schedules import OFFICIAL_BUDGET_SCALES, PIXEL_BUDGETS, get_schedule
+from mmdemo.registry import get_spec
 
 DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "demo" / "infinity-2b"
 

@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mmdemo.training import set_threads  # noqa: E402
+from mmdemo.training import set_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,12 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.data.shapes import sample_single_object_prompts  # noqa: E402
-from mmdemo.eval.shapes_eval import accuracies, judge  # noqa: E402
-from mmdemo.interfaces import PRESETS  # noqa: E402
-from mmdemo.registry import GENERATOR_IDS  # noqa: E402
+from mmdemo.data.shapes import sample_single_object_prompts
+from mmdemo.eval.shapes_eval import accuracies, judge
+from mmdemo.interfaces import PRESETS
+from mmdemo.registry import GENERATOR_IDS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from mmdemo.captioners.xattn import VISION_SPECS, XAttnConfig, build_vision, preprocess_images, vision_tokens
-from mmdemo.training import set_threads  # noqa: E402
+from mmdemo.training import set_threads
 
 NONE = "<none>"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mmdemo.captioners.qformer import VISION_PRESETS, _pil_to_tensor, vision_config  # noqa: E402
+from mmdemo.captioners.qformer import VISION_PRESETS, _pil_to_tensor, vision_config
 
 STATE_DIR = "state"
 TRAIN_STATE = "train_state.json"

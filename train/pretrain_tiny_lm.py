@@ -28,15 +28,12 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mmdemo.captioners.qformer import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config  # noqa: E402
+from mmdemo.captioners.qformer import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config
 
 STATE_DIR = "state"
 TRAIN_STATE = "train_state.json"

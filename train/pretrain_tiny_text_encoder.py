@@ -29,28 +29,25 @@ import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.data.shapes import COLORS, SHAPES  # noqa: E402
-from mmdemo.models.diffusion.text import (  # noqa: E402
+from mmdemo.data.shapes import COLORS, SHAPES
+from mmdemo.models.diffusion.text import (
     build_tiny_bert_tokenizer,
     build_tiny_clip_tokenizer,
     closest_word_pair,
 )
-from mmdemo.models.diffusion.training import (  # noqa: E402
+from mmdemo.models.diffusion.training import (
     cosine_with_warmup,
     load_captioned_images,
     plot_curves,
     step_generator,
 )
-from mmdemo.training import set_threads  # noqa: E402
+from mmdemo.training import set_threads
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 from mmdemo.registry import OWN_WEIGHTS_REPO, get_spec
 
 PUBLISHED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".model", ".png"}

@@ -5,7 +5,7 @@
     python train/train_captioner.py --model resnet18-xattn --size tiny --init-dir runs/vision_resnet18-tiny \\
         --data runs/shapes --out runs/demo-resnet --save-dtype fp16          # the demo (see the model cards)
 
-Defaults are the report's (SPEC section 3): Adam lr 1e-4, weight decay 1e-4, StepLR(30 epochs, 0.1), 50
+Defaults are the report's: Adam lr 1e-4, weight decay 1e-4, StepLR(30 epochs, 0.1), 50
 epochs, batch 24 (global: split over processes), seed 2024, the report's captioning split (one caption per
 image, first 80 % of images train), best-validation-loss checkpoint.
 
@@ -28,16 +28,13 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from mmdemo.captioners.base import CaptionNetwork, Features, features_cat, features_index, features_to  # noqa: E402
+from mmdemo.captioners.base import CaptionNetwork, Features, features_cat, features_index, features_to
 
 STATE_DIR = "state"
 TRAIN_STATE = "train_state.json"

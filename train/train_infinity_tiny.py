@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -37,9 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.models.infinity import (  # noqa: E402
+from mmdemo.models.infinity import (
     BSQVAE,
     BSQVAEConfig,
     Infinity,
@@ -49,9 +46,9 @@ from mmdemo.models.infinity import (  # noqa: E402
     teacher_forcing_inputs,
     tiny_t5_config,
 )
-from mmdemo.models.infinity.loading import save_demo_checkpoint  # noqa: E402
-from mmdemo.models.infinity.schedules import get_schedule  # noqa: E402
-from mmdemo.registry import get_spec  # noqa: E402
+from mmdemo.models.infinity.loading import save_demo_checkpoint
+from mmdemo.models.infinity.schedules import get_schedule
+from mmdemo.registry import get_spec
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stage 2 of latent diffusion: train the latent UNet on VQ-VAE latents, conditioned on a frozen CLIP text tower.
 
-Defaults are the report's (SPEC section 4): T=1000 scaled-linear betas (0.00085-0.012), epsilon prediction,
+Defaults are the report's: T=1000 scaled-linear betas (0.00085-0.012), epsilon prediction,
 condition dropout 0.1, frozen ``openai/clip-vit-base-patch16`` text tower (77 x 512); the UNet has
 cross-attention in every block. The training images are encoded **once** by the stage-1 VQ-VAE and cached
 (``latents_cache.safetensors`` in the output folder, keyed by the VQ-VAE weights and the data); the
@@ -21,23 +21,20 @@ import argparse
 import hashlib
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.generators.latent_diffusion import (  # noqa: E402
+from mmdemo.generators.latent_diffusion import (
     MODEL_FILE,
     LatentDiffusionConfig,
     LatentDiffusionModel,
     sample_latent_images,
 )
-from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR  # noqa: E402
-from mmdemo.models.diffusion.sampling import training_scheduler  # noqa: E402
-from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer  # noqa: E402
-from mmdemo.models.diffusion.training import (  # noqa: E402
+from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
+from mmdemo.models.diffusion.sampling import training_scheduler
+from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
+from mmdemo.models.diffusion.training import (
     DenoiserTask,
     add_denoiser_arguments,
     check_denoiser_arguments,
@@ -48,8 +45,8 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     save_weights,
     train_denoiser,
 )
-from mmdemo.registry import get_spec  # noqa: E402
-from mmdemo.training import set_threads  # noqa: E402
+from mmdemo.registry import get_spec
+from mmdemo.training import set_threads
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"

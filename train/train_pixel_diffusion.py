@@ -1,6 +1,6 @@
 """Train our pixel-space diffusion model (``pixel-diffusion``) on a Flickr8k-layout folder.
 
-Defaults are the report's (SPEC section 4): 64x64 pixels, the report's UNet2DConditionModel, frozen
+Defaults are the report's: 64x64 pixels, the report's UNet2DConditionModel, frozen
 ``bert-base-uncased`` + trainable Linear(768,512)/GELU/LayerNorm, DDPM T=1000 with linear betas and epsilon
 prediction, AdamW lr 1e-4, cosine schedule with 500 warm-up steps, batch 32, grad clip 1.0, fp16 mixed
 precision, text max length 24; plus 10 % condition dropout so classifier-free guidance works.
@@ -26,23 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.generators.pixel_diffusion import (  # noqa: E402
+from mmdemo.generators.pixel_diffusion import (
     MODEL_FILE,
     PixelDiffusionConfig,
     PixelDiffusionModel,
     sample_pixels,
 )
-from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR  # noqa: E402
-from mmdemo.models.diffusion.sampling import training_scheduler  # noqa: E402
-from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer  # noqa: E402
-from mmdemo.models.diffusion.training import (  # noqa: E402
+from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
+from mmdemo.models.diffusion.sampling import training_scheduler
+from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
+from mmdemo.models.diffusion.training import (
     DenoiserTask,
     add_denoiser_arguments,
     check_denoiser_arguments,
@@ -53,8 +50,8 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     save_weights,
     train_denoiser,
 )
-from mmdemo.registry import get_spec  # noqa: E402
-from mmdemo.training import set_threads  # noqa: E402
+from mmdemo.registry import get_spec
+from mmdemo.training import set_threads
 
 logger = logging.getLogger(__name__)
 TEXT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

@@ -25,7 +25,6 @@ import csv
 import json
 import random
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python train/...` from a checkout
 
 from mmdemo.generators.sdxl import LORA_TARGET_MODULES, LORA_WEIGHT_NAME, encode_tokens, lora_config, tokenize
 

@@ -28,15 +28,12 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python train/...` from a checkout
 
 from mmdemo.data.flickr8k import load_flickr8k, text_to_image_split
 from mmdemo.generators.sdxl import (
@@ -47,7 +44,7 @@ from mmdemo.generators.sdxl import (
     save_demo_pipeline,
     tokenize,
 )
-from mmdemo.training import set_threads  # noqa: E402
+from mmdemo.training import set_threads
 
 
 def load_pictures(data: Path, resolution: int) -> tuple[torch.Tensor, list[list[str]]]:

@@ -1,6 +1,6 @@
 """Stage 1 of latent diffusion: train the VQ-VAE (diffusers ``VQModel``) on a Flickr8k-layout folder.
 
-Defaults are the report's (SPEC section 4): 256x256 images, codebook 8192 x 4, downsampling 8 (blocks
+Defaults are the report's: 256x256 images, codebook 8192 x 4, downsampling 8 (blocks
 64/128/256/256 with 2 residual layers each, self-attention in the mid block), commitment 0.2, Adam lr 1e-5 with
 betas (0.5, 0.999), MSE + LPIPS perceptual loss + PatchGAN adversarial loss from step 15000 with weight 0.5.
 
@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -29,10 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmdemo.generators.latent_diffusion import LatentDiffusionConfig, build_vqvae  # noqa: E402
-from mmdemo.models.diffusion.patchgan import (  # noqa: E402
+from mmdemo.generators.latent_diffusion import LatentDiffusionConfig, build_vqvae
+from mmdemo.models.diffusion.patchgan import (
     PatchDiscriminator,
     codebook_usage,
     hinge_d_loss,
@@ -40,8 +37,8 @@ from mmdemo.models.diffusion.patchgan import (  # noqa: E402
     quantize,
     vq_losses,
 )
-from mmdemo.models.diffusion.sampling import to_pil  # noqa: E402
-from mmdemo.models.diffusion.training import (  # noqa: E402
+from mmdemo.models.diffusion.sampling import to_pil
+from mmdemo.models.diffusion.training import (
     json_ready,
     load_captioned_images,
     make_accelerator,
@@ -55,8 +52,8 @@ from mmdemo.models.diffusion.training import (  # noqa: E402
     step_generator,
     write_run_record,
 )
-from mmdemo.registry import get_spec  # noqa: E402
-from mmdemo.training import set_threads, time_is_up  # noqa: E402
+from mmdemo.registry import get_spec
+from mmdemo.training import set_threads, time_is_up
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"
