@@ -40,8 +40,8 @@ from mmdemo.registry import get_spec
 from mmdemo.weights import ResolvedWeights
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = get_spec("infinity-2b")
-TINY = SPEC.tiny_config
+MODEL_SPEC = get_spec("infinity-2b")
+TINY = MODEL_SPEC.tiny_config
 
 
 def _generator_class():
@@ -55,12 +55,12 @@ def _generator_class():
 
 @pytest.fixture(scope="module")
 def full_transformer():
-    return _generator_class().build_network(SPEC.full_config, device="meta")
+    return _generator_class().build_network(MODEL_SPEC.full_config, device="meta")
 
 
 @pytest.fixture(scope="module")
 def full_vae():
-    return _generator_class().build_vae(SPEC.full_config, device="meta", with_encoder=True)
+    return _generator_class().build_vae(MODEL_SPEC.full_config, device="meta", with_encoder=True)
 
 
 def test_full_transformer_size_matches_official_checkpoint(full_transformer):
@@ -154,14 +154,14 @@ def test_flan_t5_xl_config_fits_the_transformer():
 
     with torch.device("meta"):
         t5 = T5EncoderModel(T5Config(**FLAN_T5_XL_CONFIG))
-    assert t5.config.d_model == SPEC.full_config["transformer"]["text_channels"]
+    assert t5.config.d_model == MODEL_SPEC.full_config["transformer"]["text_channels"]
     assert 1.2e9 < sum(p.numel() for p in t5.parameters()) < 1.25e9
 
 
 def test_param_row_is_listed():
     from mmdemo.params import param_row
 
-    row = param_row(SPEC)
+    row = param_row(MODEL_SPEC)
     assert row.total == 2_204_564_032 and row.trainable == 0
     assert "2,204,697,152" in row.note
 
@@ -471,7 +471,7 @@ def test_full_profile_loading_path_with_tiny_files(tmp_path):
     t5 = T5EncoderModel(tiny_t5_config(fam.t5, len(tokenizer)))
     t5.save_pretrained(tmp_path / "t5")
     tokenizer.save_pretrained(tmp_path / "t5")
-    spec = dataclasses.replace(SPEC, full_config={**TINY})
+    spec = dataclasses.replace(MODEL_SPEC, full_config={**TINY})
     weights = ResolvedWeights("infinity-2b", "full", [tmp_path / "t", tmp_path / "v", tmp_path / "t5"])
     gen = _generator_class().load(spec, weights, device="cpu")
     assert torch.equal(gen.transformer.head.weight, model.head.weight)

@@ -17,11 +17,11 @@ from mmdemo.inputs import InputError
 from mmdemo.params import count_parameters
 from mmdemo.registry import get_spec
 
-SPEC = get_spec("latent-diffusion")
+MODEL_SPEC = get_spec("latent-diffusion")
 
 
 def test_full_config_shapes_on_meta():
-    model = LatentDiffusionGenerator.build_network(SPEC.full_config, device="meta")
+    model = LatentDiffusionGenerator.build_network(MODEL_SPEC.full_config, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
     vq = model.vqvae.config
     assert (vq.num_vq_embeddings, vq.vq_embed_dim, vq.latent_channels) == (8192, 4, 4)
@@ -46,7 +46,7 @@ def test_full_config_shapes_on_meta():
 
 
 def test_full_param_counts():
-    model = LatentDiffusionGenerator.build_network(SPEC.full_config, device="meta")
+    model = LatentDiffusionGenerator.build_network(MODEL_SPEC.full_config, device="meta")
     total, trainable = count_parameters(model)
     clip_total, clip_trainable = count_parameters(model.text_encoder)
     assert 63.0e6 < clip_total < 63.3e6 and clip_trainable == 0  # CLIP ViT-B/16 text tower: 63.2M
@@ -59,7 +59,7 @@ def test_config_checks():
         LatentDiffusionConfig(downsample=4)  # four VQ blocks downsample by 8
     with pytest.raises(ValueError, match="unknown LatentDiffusionConfig keys"):
         LatentDiffusionConfig.from_dict({"codebook": 3})
-    tiny = LatentDiffusionConfig.from_dict(dict(SPEC.tiny_config))
+    tiny = LatentDiffusionConfig.from_dict(dict(MODEL_SPEC.tiny_config))
     assert tiny.latent_size == tiny.image_size // tiny.downsample
 
 
@@ -97,7 +97,7 @@ def test_report_preset_and_progress(generator):
     )
     assert seen == [1, 2, 3] and image.info["mmdemo_preset"] == "report"
     assert (
-        generator.generate("a red circle", seed=2).info["mmdemo_steps"] == SPEC.defaults["fast_steps"] <= 25
+        generator.generate("a red circle", seed=2).info["mmdemo_steps"] == MODEL_SPEC.defaults["fast_steps"] <= 25
     )
 
 
@@ -112,7 +112,7 @@ def test_mismatched_weights_fail_loudly(generator, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not match"):
         LatentDiffusionGenerator.from_folder(
-            SPEC, generator.weights, folder, folder / "text_encoder", folder / "tokenizer", device="cpu"
+            MODEL_SPEC, generator.weights, folder, folder / "text_encoder", folder / "tokenizer", device="cpu"
         )
 
 

@@ -19,11 +19,11 @@ from mmdemo.inputs import InputError
 from mmdemo.params import count_parameters
 from mmdemo.registry import get_spec
 
-SPEC = get_spec("pixel-diffusion")
+MODEL_SPEC = get_spec("pixel-diffusion")
 
 
 def test_full_config_is_the_reports_unet_on_meta():
-    model = PixelDiffusionGenerator.build_network(SPEC.full_config, device="meta")
+    model = PixelDiffusionGenerator.build_network(MODEL_SPEC.full_config, device="meta")
     assert all(p.device.type == "meta" for p in model.parameters())
     unet = model.denoiser.unet
     cfg = unet.config
@@ -47,7 +47,7 @@ def test_full_config_is_the_reports_unet_on_meta():
 
 
 def test_full_param_counts_bert_frozen_rest_trainable():
-    model = PixelDiffusionGenerator.build_network(SPEC.full_config, device="meta")
+    model = PixelDiffusionGenerator.build_network(MODEL_SPEC.full_config, device="meta")
     total, trainable = count_parameters(model)
     bert_total, bert_trainable = count_parameters(model.text_encoder)
     unet_total, _ = count_parameters(model.denoiser.unet)
@@ -61,7 +61,7 @@ def test_full_param_counts_bert_frozen_rest_trainable():
 
 
 def test_config_round_trip_and_errors():
-    config = PixelDiffusionConfig.from_dict(dict(SPEC.tiny_config))
+    config = PixelDiffusionConfig.from_dict(dict(MODEL_SPEC.tiny_config))
     assert PixelDiffusionConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown PixelDiffusionConfig keys"):
         PixelDiffusionConfig.from_dict({"sample_size": 32, "bogus": 1})
@@ -113,8 +113,8 @@ def test_report_preset_uses_ddpm_and_defaults(generator):
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert image.info["mmdemo_preset"] == "report" and image.info["mmdemo_steps"] == 4
     fast = generator.generate("a green square at the top", seed=1, steps=None, guidance=None)
-    assert fast.info["mmdemo_steps"] == SPEC.defaults["fast_steps"] <= 25
-    assert fast.info["mmdemo_guidance"] == SPEC.defaults["guidance"]
+    assert fast.info["mmdemo_steps"] == MODEL_SPEC.defaults["fast_steps"] <= 25
+    assert fast.info["mmdemo_guidance"] == MODEL_SPEC.defaults["guidance"]
 
 
 @pytest.mark.parametrize(

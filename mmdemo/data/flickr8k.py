@@ -11,7 +11,7 @@ writes::
 Image order is the order in which an image *first appears* in ``captions.txt``; the report's splits
 are defined on that order, so every function here keeps it.
 
-The report's splits (SPEC section 2):
+The report's splits:
 
 * captioning (:func:`captioning_split`): the first caption of each image, first ``int(0.8 * n)``
   images for training, the rest for validation (6472 / 1619 on Flickr8k); BLEU compares each

@@ -1,6 +1,6 @@
 """Our pixel-space diffusion model ("our diffusion" in the report), as a :class:`Generator`.
 
-The network (SPEC section 4): a diffusers ``UNet2DConditionModel`` on 64x64 RGB pixels with the report's
+The network: a diffusers ``UNet2DConditionModel`` on 64x64 RGB pixels with the report's
 exact configuration (blocks 64/128/256/256, two layers each, cross-attention in the two high-resolution
 blocks, cross-attention width 512), conditioned on a frozen ``bert-base-uncased`` through a trainable
 Linear(768, 512) -> GELU -> LayerNorm projection; DDPM with 1000 linear-beta steps and epsilon prediction.

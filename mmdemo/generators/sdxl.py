@@ -6,7 +6,7 @@ dtype). The LoRA is loaded into that pipeline once under its adapter name and sw
 call under the pipeline's lock, so there is never a second 2.6B-parameter UNet in memory and a base call
 right after a LoRA call is exactly the base model again (peft's disabled adapters are skipped, not zeroed).
 
-Presets (SPEC section 4):
+Presets:
 
 * ``report``: the pipeline's own Euler scheduler, 100 steps, guidance 5.0, 1024x1024 (what the report ran);
 * ``fast``: ``DPMSolverMultistepScheduler`` built from the same scheduler config, 25 steps.

@@ -1,6 +1,6 @@
 """Frozen text encoders of our diffusion models, and the tiny Shapes versions that stand in for them offline.
 
-Full size (SPEC section 4): pixel diffusion reads ``bert-base-uncased`` hidden states (768 wide, 24 tokens),
+Full size: pixel diffusion reads ``bert-base-uncased`` hidden states (768 wide, 24 tokens),
 latent diffusion reads the CLIP ViT-B/16 text tower (77 x 512). Both are frozen. The Hub is not reachable
 on the development machines, so the demo checkpoints use the *same classes* (``BertModel``,
 ``CLIPTextModel``) at tiny sizes, pretrained on Shapes captions first (``train/pretrain_tiny_text_encoder.py``)

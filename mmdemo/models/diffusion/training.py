@@ -319,7 +319,7 @@ class swapped_weights:  # noqa: N801 - used as a context manager, reads like one
 
 
 def add_denoiser_arguments(p: argparse.ArgumentParser, *, max_train_steps: int) -> None:
-    """The command-line options both denoiser scripts share (defaults: the report's, SPEC section 4)."""
+    """The command-line options both denoiser scripts share (defaults: the report's)."""
     p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
     p.add_argument("--train-batch-size", type=int, default=32, help="per process")
     p.add_argument("--learning-rate", type=float, default=1e-4)
