@@ -4,11 +4,17 @@ Models load lazily, once, even when several requests ask for the same one at the
 per model id). On a GPU a memory budget keeps the models in use resident and offloads the least
 recently used ones to the CPU, so all nine fit on one 24 GB card by taking turns. A model in use
 by a request is never moved under it (``use`` counts users).
+
+:meth:`ModelManager.run` is how the service runs a model: an out-of-memory error while loading or running
+it frees what can be freed (the other idle models leave the GPU, least recently used first, and CUDA's
+cache is emptied; on the CPU idle models are dropped) and retries that model once. Every run is counted
+and logged by the manager's :class:`~mmdemo.monitoring.RequestMonitor`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -17,8 +23,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mmdemo.monitoring import RequestMonitor
 from mmdemo.registry import get_spec
-from mmdemo.weights import Profile
+from mmdemo.weights import ModelNotImplemented, Profile, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,45 @@ def module_bytes(model: Any) -> int:
     return total
 
 
+class OutOfMemory(RuntimeError):
+    """A model ran out of memory twice: once as asked, once more after everything idle was freed."""
+
+    def __init__(self, model_id: str, where: str, detail: str):
+        super().__init__(
+            f"Out of {where} memory running {model_id}, even after freeing the other models and retrying "
+            f"({detail}). Try fewer steps, the fast preset or a smaller picture, run this model alone, or "
+            f"use hardware with more memory (see the README's hardware table)."
+        )
+        self.model_id = model_id
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's out-of-memory error (``torch.OutOfMemoryError``) or the CPU's ``MemoryError``."""
+    if isinstance(err, MemoryError):
+        return True
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError)
+
+
+def outcome_of(err: BaseException) -> str:
+    """The log's name for how a run failed (see :data:`mmdemo.monitoring.OUTCOMES`)."""
+    from mmdemo.inputs import InputError
+
+    if isinstance(err, (WeightsUnavailable, ModelNotImplemented)):
+        return "unavailable"
+    if isinstance(err, InputError):
+        return "rejected"
+    if isinstance(err, OutOfMemory):
+        return "out_of_memory"
+    return "error"
+
+
+def weights_profile(model: Any) -> str:
+    """Which weights a loaded model runs ("demo" or "full"), from its ``weights`` record."""
+    return getattr(getattr(model, "weights", None), "profile", "unknown")
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -67,6 +113,7 @@ class ModelManager:
             the CPU; default 90 % of the card. Ignored on CPU.
         loader: ``loader(model_id, profile, device) -> model``; default :func:`mmdemo.load_captioner` /
             :func:`mmdemo.load_generator` by the model's kind (tests pass a fake to exercise concurrency).
+        monitor: counts and logs every :meth:`run`; default a new one.
     """
 
     def __init__(
@@ -76,6 +123,7 @@ class ModelManager:
         device: str | None = None,
         gpu_budget_bytes: int | None = None,
         loader: Callable[[str, Profile, str], Any] | None = None,
+        monitor: RequestMonitor | None = None,
     ):
         self.profile = profile
         self.device = device or default_device()
@@ -84,6 +132,7 @@ class ModelManager:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._state_lock = threading.Lock()  # guards _loaded and _load_locks
         self._load_locks: dict[str, threading.Lock] = {}
+        self.monitor = monitor or RequestMonitor()
 
     def _default_budget(self) -> int:
         if not self.device.startswith("cuda"):
@@ -121,6 +170,88 @@ class ModelManager:
         finally:
             with self._state_lock:
                 entry.users -= 1
+
+    def run(
+        self,
+        model_id: str,
+        fn: Callable[[Any], Any],
+        *,
+        action: str = "run",
+        prompt: str | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """``fn(model)`` with the model loaded and pinned; returns what ``fn`` returns.
+
+        Out of memory while loading or running it: free memory (:meth:`free_memory`) and call ``fn`` once
+        more; a second out-of-memory raises :class:`OutOfMemory`, which says what to do. Every call is
+        counted and logged by ``self.monitor`` (``prompt`` is logged only when the owner enabled that).
+        """
+        start = time.perf_counter()
+        weights: str | None = None
+        outcome, error_type = "ok", None
+        try:
+            for attempt in (1, 2):
+                try:
+                    with self.use(model_id) as model:
+                        weights = weights_profile(model)
+                        return fn(model)
+                except Exception as err:
+                    if not is_out_of_memory(err):
+                        raise
+                    first_line = str(err).strip().split("\n")[0]
+                    detail = f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+                    where = "CPU" if isinstance(err, MemoryError) else "GPU"
+                # Freeing happens here, outside the except block, so the failed attempt's traceback (whose
+                # frames hold that attempt's tensors) is already released when memory is counted again.
+                if attempt == 1:
+                    log.warning(
+                        "out of memory with %s (%s); freeing memory and retrying once", model_id, detail
+                    )
+                    self.free_memory(keep=model_id)
+                    outcome = "recovered"
+            raise OutOfMemory(model_id, where, detail)
+        except BaseException as err:
+            outcome, error_type = outcome_of(err), type(err).__name__
+            raise
+        finally:
+            self.monitor.record(
+                model_id,
+                action=action,
+                seconds=time.perf_counter() - start,
+                weights=weights,
+                outcome=outcome,
+                error_type=error_type,
+                prompt=prompt,
+                request_id=request_id,
+            )
+
+    def free_memory(self, keep: str | None = None) -> list[str]:
+        """Free what no request is using, least recently used first; returns the ids freed.
+
+        On a GPU idle models move to the CPU (they come back quickly when asked for) and CUDA's cache is
+        emptied; on the CPU idle models are dropped (they load again when asked for). ``keep`` stays.
+        """
+        on_gpu = self.device.startswith("cuda")
+        with self._state_lock:
+            idle = [(k, e) for k, e in self._loaded.items() if k != keep and e.users == 0]  # oldest first
+            if not on_gpu:
+                for model_id, _ in idle:
+                    del self._loaded[model_id]
+        freed = [model_id for model_id, entry in idle if not on_gpu or entry.device != "cpu"]
+        if on_gpu:
+            for model_id, entry in idle:
+                if model_id in freed:
+                    entry.model = entry.model.to("cpu")
+                    entry.device = "cpu"
+        idle = entry = None  # drop our references before collecting, or a dropped model stays alive
+        gc.collect()
+        if on_gpu:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        log.info("freed memory: %s", ", ".join(freed) or "nothing idle")
+        return freed
 
     def get(self, model_id: str) -> Any:
         """The loaded model (no usage pin: prefer :meth:`use` while running it)."""

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from mmdemo import inputs
+from mmdemo.monitoring import new_request_id
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, get_spec
-from mmdemo.runtime import ModelManager
+from mmdemo.runtime import ModelManager, OutOfMemory
 from mmdemo.weights import ModelNotImplemented, WeightsUnavailable
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 
 def _error_text(err: BaseException) -> str:
     """What a panel shows for a failure: our own errors verbatim, anything else with its type."""
-    if isinstance(err, (WeightsUnavailable, ModelNotImplemented, inputs.InputError)):
+    if isinstance(err, (WeightsUnavailable, ModelNotImplemented, inputs.InputError, OutOfMemory)):
         return str(err)
     return f"{type(err).__name__}: {err}"
 
@@ -81,12 +82,16 @@ def caption_image(
     checked = inputs.load_image(image)
     targets = caption_targets(choice)
     records = []
+    request_id = new_request_id()
     for model_id in targets:
         start = time.perf_counter()
         try:
-            with manager.use(model_id) as model:
-                text = model.caption([checked.value], **(options or {}))[0]
-                weights = _weights_label(model)
+            text, weights = manager.run(  # retries once after an out-of-memory error, and logs the run
+                model_id,
+                lambda model: (model.caption([checked.value], **(options or {}))[0], _weights_label(model)),
+                action="caption",
+                request_id=request_id,
+            )
             record = CaptionRecord(model_id, text, round(time.perf_counter() - start, 3), weights=weights)
             if references:
                 from mmdemo.eval.bleu import sentence_bleu_scores
@@ -216,26 +221,31 @@ def generate_images(
         raise inputs.InputError(
             f"Unknown generator(s) {', '.join(unknown)}; valid: {', '.join(GENERATOR_IDS)}."
         )
+    request_id = new_request_id()
     for model_id in model_ids:
         start = time.perf_counter()
         record = GenerateRecord(model_id, None, settings.seed, None, notices=list(settings.notices))
         image = None
+        step_callback = (lambda done, total, m=model_id: progress(m, done, total)) if progress else None
+
+        def run_model(model: Any, model_id=model_id, record=record, step_callback=step_callback) -> Any:
+            record.weights = _weights_label(model)
+            return model.generate(
+                settings.prompt,
+                seed=settings.seed,
+                steps=settings.steps.get(model_id),
+                guidance=settings.guidance.get(model_id),
+                negative_prompt=settings.negative_prompt,
+                preset=settings.preset,
+                progress=step_callback,
+                **settings.extra.get(model_id, {}),
+            )
+
         try:
-            with manager.use(model_id) as model:
-                record.weights = _weights_label(model)
-                step_callback = (
-                    (lambda done, total, m=model_id: progress(m, done, total)) if progress else None
-                )
-                image = model.generate(
-                    settings.prompt,
-                    seed=settings.seed,
-                    steps=settings.steps.get(model_id),
-                    guidance=settings.guidance.get(model_id),
-                    negative_prompt=settings.negative_prompt,
-                    preset=settings.preset,
-                    progress=step_callback,
-                    **settings.extra.get(model_id, {}),
-                )
+            # retries once after an out-of-memory error, and logs the run
+            image = manager.run(
+                model_id, run_model, action="generate", prompt=settings.prompt, request_id=request_id
+            )
             record.seconds = round(time.perf_counter() - start, 3)
             record.notices += list(image.info.get("mmdemo_notices", []))
             if scorer is not None:
