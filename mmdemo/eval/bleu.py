@@ -106,12 +106,14 @@ def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str |
             raise ValueError(f"hypothesis {i} has no reference")
 
 
-def _report_stats(
+def segment_statistics(
     hypotheses: Sequence[str], references: Sequence[Sequence[str | None]]
-) -> tuple[int, int, list[int], list[int]]:
-    """Corpus statistics ``(hyp_len, ref_len, correct, total)`` as NLTK's ``corpus_bleu`` sums them.
+) -> list[tuple[int, int, list[int], list[int]]]:
+    """Per hypothesis ``(hyp_len, ref_len, correct, total)``, the statistics NLTK's ``corpus_bleu`` sums.
 
     ``correct[k]`` / ``total[k]`` are the clipped matches and hypothesis n-grams of order ``k + 1``.
+    Summing any multiset of these rows and passing the sums to :func:`scores_from_statistics` gives that
+    corpus's BLEU: the bootstrap resamples images this way without recounting n-grams.
     """
     # sentence_score only serves to extract one segment's statistics; effective_order does not
     # change them, it just keeps sacrebleu from warning about sentence-level BLEU on every call.
@@ -124,23 +126,34 @@ def _report_stats(
         # is noise here.
         force=True,
     )
+    rows = []
+    for hyp, refs in zip(hypotheses, references):
+        seg = counter.sentence_score(hyp, [ref for ref in refs if ref is not None])
+        # NLTK's modified_precision: the per-sentence denominator is max(1, count), so a
+        # hypothesis shorter than k + 1 tokens still counts once (see the module docstring).
+        total = [max(1, seg.totals[k]) for k in range(MAX_ORDER)]
+        rows.append((seg.sys_len, seg.ref_len, list(seg.counts[:MAX_ORDER]), total))
+    return rows
+
+
+def _report_stats(
+    hypotheses: Sequence[str], references: Sequence[Sequence[str | None]]
+) -> tuple[int, int, list[int], list[int]]:
+    """Corpus statistics ``(hyp_len, ref_len, correct, total)`` as NLTK's ``corpus_bleu`` sums them."""
     hyp_len = ref_len = 0
     correct = [0] * MAX_ORDER
     total = [0] * MAX_ORDER
-    for hyp, refs in zip(hypotheses, references):
-        seg = counter.sentence_score(hyp, [ref for ref in refs if ref is not None])
-        hyp_len += seg.sys_len
-        ref_len += seg.ref_len
+    for seg_hyp_len, seg_ref_len, seg_correct, seg_total in segment_statistics(hypotheses, references):
+        hyp_len += seg_hyp_len
+        ref_len += seg_ref_len
         for k in range(MAX_ORDER):
-            correct[k] += seg.counts[k]
-            # NLTK's modified_precision: the per-sentence denominator is max(1, count), so a
-            # hypothesis shorter than k + 1 tokens still counts once (see the module docstring).
-            total[k] += max(1, seg.totals[k])
+            correct[k] += seg_correct[k]
+            total[k] += seg_total[k]
     return hyp_len, ref_len, correct, total
 
 
-def _report_scores(stats: tuple[int, int, list[int], list[int]]) -> dict[str, float]:
-    """BLEU-1..4 (cumulative, uniform weights, method1 smoothing) from corpus statistics."""
+def scores_from_statistics(stats: tuple[int, int, Sequence[int], Sequence[int]]) -> dict[str, float]:
+    """BLEU-1..4 (cumulative, uniform weights, method1 smoothing) from summed corpus statistics."""
     hyp_len, ref_len, correct, total = stats
     scores = {}
     for n in range(1, MAX_ORDER + 1):
@@ -207,7 +220,7 @@ def corpus_bleu_scores(
         TypeError: a hypothesis that is not a string, or one string where a list is expected.
     """
     _check_inputs(hypotheses, references)
-    result: dict[str, float | int | str] = dict(_report_scores(_report_stats(hypotheses, references)))
+    result: dict[str, float | int | str] = dict(scores_from_statistics(_report_stats(hypotheses, references)))
     result["n"] = len(hypotheses)
     if standard:
         result.update(_standard_scores(hypotheses, references))
@@ -221,7 +234,7 @@ def sentence_bleu_scores(hypothesis: str, references: Sequence[str | None]) -> d
     the app shows per image. Returns ``{"bleu1": .., .., "bleu4": ..}`` on a 0-100 scale.
     """
     _check_inputs([hypothesis], [references])
-    return _report_scores(_report_stats([hypothesis], [references]))
+    return scores_from_statistics(_report_stats([hypothesis], [references]))
 
 
 # ---------------------------------------------------------------------------
