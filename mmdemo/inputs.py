@@ -6,8 +6,10 @@ Every check returns the value a model can use plus notices to show the user, or 
 * prompt: control characters removed, whitespace collapsed; empty after that is an error; longer than
   ``MAX_PROMPT_CHARS`` is cut with a notice (models cut further to their own token limits, also with a notice);
 * seed: an integer in ``[0, 2**32 - 1]``; anything else (negative, huge, not a number) is an error;
-* steps: an integer in ``[1, MAX_STEPS]``; ``None`` means the preset's default;
-* guidance: a finite number in ``[0, MAX_GUIDANCE]``; NaN or infinity is an error;
+* model options (steps, guidance, pixel budget, decoding length, ...): checked against the model's declaration in
+  the registry (:class:`~mmdemo.registry.Option`: type, range or choices); a value outside it is an error that
+  names the model, the option and the value; blank (``None``, ``""``) means the model's default; an option the
+  model does not take is ignored with a notice;
 * images: decoded with Pillow under a pixel limit, animated images use their first frame, every mode
   (grayscale, RGBA, palette, 16-bit) is converted to 8-bit RGB.
 """
@@ -18,16 +20,19 @@ import io
 import math
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mmdemo.interfaces import PRESETS, CaptionRequest, GenerationRequest
+
+if TYPE_CHECKING:
+    from mmdemo.registry import ModelSpec, Option
 
 MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1  # torch.Generator accepts 64 bits, but numpy-based code and most UIs stop at 32
-MAX_STEPS = 1000
-MAX_GUIDANCE = 50.0
 MAX_IMAGE_PIXELS = 40_000_000  # about 6300x6300; Pillow's own bomb check fires at 2x its default of 89M
-MIN_IMAGE_SIDE = 8
 
 
 class InputError(ValueError):
@@ -73,22 +78,173 @@ def check_seed(seed: Any) -> Checked:
     return Checked(value)
 
 
-def check_steps(steps: Any, *, max_steps: int = MAX_STEPS) -> Checked:
-    if steps is None or steps == "":
-        return Checked(None)
-    value = _as_number(steps, "number of steps")
-    if not float(value).is_integer() or not 1 <= value <= max_steps:
-        raise InputError(f"The number of steps must be a whole number from 1 to {max_steps}, got {steps!r}.")
-    return Checked(int(value))
+def check_preset(preset: Any) -> str:
+    if preset not in PRESETS:
+        raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    return preset
 
 
-def check_guidance(guidance: Any) -> Checked:
-    if guidance is None or guidance == "":
-        return Checked(None)
-    value = float(_as_number(guidance, "guidance"))
-    if not 0.0 <= value <= MAX_GUIDANCE:
-        raise InputError(f"Guidance must be between 0 and {MAX_GUIDANCE}, got {guidance!r}.")
-    return Checked(value)
+# ------------------------------------------------------------------------------------------------ model options
+
+
+def is_blank(value: Any) -> bool:
+    """``None`` or empty text: "use the model's default"."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_option(option: Option, value: Any, model: str = "") -> Any:
+    """``value`` as ``option``'s type, or an :class:`InputError` naming the model, the option and the value."""
+    where = f"{model}: " if model else ""
+
+    def fail(requirement: str) -> InputError:
+        return InputError(f"{where}{option.name} must be {requirement}, got {value!r}.")
+
+    if option.type in ("int", "float"):
+        if isinstance(value, bool):
+            raise fail("a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise fail("a number") from None
+        low, high = option.minimum, option.maximum
+        whole = option.type == "int"
+        span = (
+            f" from {_fmt(low)} to {_fmt(high)}" if low is not None and high is not None
+            else f" of at least {_fmt(low)}" if low is not None
+            else f" of at most {_fmt(high)}" if high is not None else ""
+        )  # fmt: skip
+        requirement = f"{'a whole' if whole else 'a finite'} number{span}"
+        if option.step:
+            requirement += f", a multiple of {_fmt(option.step)}"
+        if not math.isfinite(number) or (whole and not number.is_integer()):
+            raise fail(requirement)
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise fail(requirement)
+        if option.step and not (number / option.step).is_integer():
+            raise fail(requirement)
+        return int(number) if whole else number
+    if option.type == "choice":
+        for choice in option.choices:
+            if value == choice or str(value).strip() == str(choice):
+                return choice
+        raise fail(f"one of {', '.join(map(str, option.choices))}")
+    if option.type == "bool":
+        if isinstance(value, bool):
+            return value
+        if value in (0, 1) or str(value).strip().lower() in ("true", "false", "0", "1"):
+            return str(value).strip().lower() in ("true", "1")
+        raise fail("true or false")
+    if option.type == "text":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise fail("text")
+        text = str(value).strip()
+        if option.pattern and not re.fullmatch(option.pattern, text):
+            raise fail(f"text like {option.help.split(';')[0]}" if option.help else "valid text")
+        return text
+    raise ValueError(f"unknown option type {option.type!r} of {option.name}")
+
+
+def _fmt(number: float | None) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def check_options(spec: ModelSpec, options: Mapping[str, Any] | None, *, profile: str) -> Checked:
+    """The options given for ``spec`` checked against its declaration under ``profile``.
+
+    Returns the given (non-blank) values by declared name, aliases resolved, and notices for the options the
+    model does not take (ignored, never silently). Raises :class:`InputError` for a value outside its declaration.
+    """
+    if options is not None and not isinstance(options, Mapping):
+        raise InputError(f"{spec.display_name}: options must map names to values, got {options!r}.")
+    declared = spec.options_for(profile)
+    by_alias = {alias: o.name for o in declared.values() for alias in o.aliases}
+    values: dict[str, Any] = {}
+    notices: list[str] = []
+    for key, value in (options or {}).items():
+        name = by_alias.get(key, key)
+        if is_blank(value):
+            continue
+        if name not in declared:
+            why = spec.absent.get(name, "")
+            takes = ", ".join(o for o in declared) or "none"
+            notices.append(
+                f"{spec.display_name} has no option {name!r}"
+                + (f": {why}" if why else f" (it takes: {takes})")
+                + f"; the value {value!r} was ignored."
+            )
+            continue
+        if name in values:
+            notices.append(f"{spec.display_name}: {key!r} is another name for {name!r}; {name!r} given twice, "
+                           f"the value {value!r} was ignored.")  # fmt: skip
+            continue
+        values[name] = check_option(declared[name], value, spec.display_name)
+    return Checked(values, notices)
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What one text-to-image request shares between every model it is sent to, checked."""
+
+    prompt: str
+    seed: int
+    preset: str = "fast"
+    negative_prompt: str = ""
+    notices: tuple[str, ...] = ()
+
+
+def check_common(prompt: Any, seed: Any, preset: Any = "fast", negative_prompt: Any = "") -> CommonSettings:
+    checked_preset = check_preset(preset)
+    checked_prompt = check_prompt(prompt)
+    checked_negative = check_negative_prompt(negative_prompt)
+    return CommonSettings(
+        prompt=checked_prompt.value,
+        seed=check_seed(seed).value,
+        preset=checked_preset,
+        negative_prompt=checked_negative.value,
+        notices=(*checked_prompt.notices, *(f"Negative prompt: {n}" for n in checked_negative.notices)),
+    )
+
+
+def generation_request(
+    spec: ModelSpec, common: CommonSettings, options: Mapping[str, Any] | None, *, profile: str, device: str
+) -> GenerationRequest:
+    """The typed request ``spec``'s adapter samples from: every declared option, given or default."""
+    checked = check_options(spec, options, profile=profile)
+    values = {**spec.option_defaults(profile, common.preset, device), **checked.value}
+    return GenerationRequest(
+        model=spec.id,
+        prompt=common.prompt,
+        seed=common.seed,
+        preset=common.preset,
+        negative_prompt=common.negative_prompt,
+        options=values,
+        notices=(*common.notices, *checked.notices),
+        profile=profile,
+        device=str(device),
+    )
+
+
+def check_generation(
+    spec: ModelSpec,
+    *,
+    prompt: Any,
+    seed: Any,
+    preset: Any = "fast",
+    negative_prompt: Any = "",
+    options: Mapping[str, Any] | None = None,
+    profile: str,
+    device: str,
+) -> GenerationRequest:
+    """Check a whole text-to-image call for one model (what :meth:`Generator.generate` does first)."""
+    common = check_common(prompt, seed, preset, negative_prompt)
+    return generation_request(spec, common, options, profile=profile, device=device)
+
+
+def caption_request(spec: ModelSpec, options: Mapping[str, Any] | None, *, profile: str) -> CaptionRequest:
+    """The typed decoding request for ``spec``: every declared option, given or default."""
+    checked = check_options(spec, options, profile=profile)
+    values = {**spec.option_defaults(profile), **checked.value}
+    return CaptionRequest(model=spec.id, options=values, notices=tuple(checked.notices), profile=profile)
 
 
 def _as_number(value: Any, what: str) -> float:

@@ -3,12 +3,22 @@
 A captioner turns a batch of RGB images into captions; a generator turns one prompt and one seed
 into one image. Each family module subclasses one of these and is named in the registry; the app
 never imports a family module directly.
+
+The contract, the same for every model:
+
+* a call is checked once, against the model's declared options (:class:`mmdemo.registry.Option`), into a typed
+  request (:class:`GenerationRequest`, :class:`CaptionRequest`) by :mod:`mmdemo.inputs`; an adapter receives
+  that request and only samples (``Generator.sample``, ``Captioner.describe``);
+* it answers with a typed result (:class:`GenerationResult`, :class:`CaptionResult`): the output, the settings
+  actually used, the notices for the user and the time taken;
+* the same seed and settings on the same device give the same picture.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,73 +51,159 @@ class ModelFamily:
         raise NotImplementedError(f"{cls.__name__} does not build a network from a config")
 
 
+@dataclass(frozen=True)
+class CaptionRequest:
+    """Decoding settings for one captioner, checked against its declared options (:func:`mmdemo.inputs.caption_request`).
+
+    ``options`` holds every declared option, the given value or the model's default; ``notices`` says what was
+    ignored (an option this model does not take).
+    """
+
+    model: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()
+    profile: str = "full"
+
+
+@dataclass
+class CaptionResult:
+    """One caption and how it was made."""
+
+    caption: str
+    settings: dict[str, Any] = field(default_factory=dict)  # the decoding options used
+    notices: list[str] = field(default_factory=list)
+    seconds: float | None = None  # the batch's time divided by its size
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One text-to-image call for one model, checked (:func:`mmdemo.inputs.check_generation`): adapters trust it.
+
+    ``options`` holds every option the model declares, the given value or the default for this preset, profile
+    and device (``request["steps"]``); ``notices`` are the checks' messages (a prompt cut, an option ignored).
+    """
+
+    model: str
+    prompt: str
+    seed: int
+    preset: Preset = "fast"
+    negative_prompt: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()
+    profile: str = "full"
+    device: str = "cpu"
+
+    def __getitem__(self, name: str) -> Any:
+        return self.options[name]
+
+
+@dataclass
+class GenerationResult:
+    """One picture and how it was made.
+
+    ``settings``: what the sampler actually used: seed, preset and every option after the model's own
+    adjustments (e.g. the aspect-ratio template Infinity snapped to), plus facts such as its number of scales.
+    """
+
+    image: Image.Image
+    settings: dict[str, Any] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    seconds: float | None = None
+
+
 class Captioner(ModelFamily, ABC):
     """Image -> text. Subclasses build from a spec plus resolved weights and keep their own device."""
 
     spec: ModelSpec
     weights: ResolvedWeights
+    device: str
 
     @classmethod
     @abstractmethod
     def load(cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None) -> Captioner:
         """Build the model and fill it from ``weights`` (strictly: every parameter, every key)."""
 
+    def caption(self, images: list[Any], **options: Any) -> list[CaptionResult]:
+        """One result per image (RGB PIL images of any size, or anything :func:`mmdemo.inputs.load_image` reads).
+
+        ``options`` are checked against the model's declared options (an unknown one becomes a notice, an
+        out-of-range one an :class:`~mmdemo.inputs.InputError`).
+        """
+        from mmdemo.inputs import InputError, caption_request
+
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            raise InputError("No image was given: upload, paste or pick an example image.")
+        return self.run(list(images), caption_request(self.spec, options, profile=self.weights.profile))
+
+    def run(self, images: list[Any], request: CaptionRequest) -> list[CaptionResult]:
+        """Caption ``images`` under a checked request; adds the request's notices and the time per image."""
+        start = time.perf_counter()
+        results = self.describe(images, request)
+        seconds = round((time.perf_counter() - start) / max(len(results), 1), 3)
+        for result in results:
+            result.notices = list(dict.fromkeys([*request.notices, *result.notices]))
+            result.seconds = seconds
+        return results
+
     @abstractmethod
-    def caption(self, images: list[Image.Image], **options: Any) -> list[str]:
-        """One caption per image (RGB PIL images of any size). Options are decoding settings."""
+    def describe(self, images: list[Any], request: CaptionRequest) -> list[CaptionResult]:
+        """One :class:`CaptionResult` per image, decoded with ``request.options`` (already checked)."""
 
     def to(self, device: str) -> Captioner:
         """Move to ``device`` (used by the model manager to offload); a no-op by default."""
         return self
 
 
-@dataclass
-class GenerationRequest:
-    """One text-to-image call, already validated (see :mod:`mmdemo.inputs`)."""
-
-    prompt: str
-    seed: int
-    steps: int | None = None  # None: the preset's default for this model
-    guidance: float | None = None
-    negative_prompt: str = ""
-    preset: Preset = "fast"
-    width: int | None = None
-    height: int | None = None
-    extra: dict[str, Any] = field(
-        default_factory=dict
-    )  # model-specific options (e.g. Infinity's pixel budget)
-
-
 class Generator(ModelFamily, ABC):
-    """Text -> image with one uniform call signature for every generator."""
+    """Text -> image with one uniform call for every generator."""
 
     spec: ModelSpec
     weights: ResolvedWeights
+    device: str
 
     @classmethod
     @abstractmethod
     def load(cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None) -> Generator:
         """Build the model and fill it from ``weights``."""
 
-    @abstractmethod
     def generate(
         self,
         prompt: str,
         *,
         seed: int,
-        steps: int | None = None,
-        guidance: float | None = None,
-        negative_prompt: str = "",
         preset: Preset = "fast",
-        width: int | None = None,
-        height: int | None = None,
+        negative_prompt: str = "",
         progress: ProgressCallback | None = None,
-        **extra: Any,
-    ) -> Image.Image:
-        """One image for ``prompt``; the same seed gives the same image (a fresh ``torch.Generator`` per call).
+        **options: Any,
+    ) -> GenerationResult:
+        """One picture for ``prompt``; ``options`` are the model's declared options (``steps=``, ``guidance=``, ...).
 
-        Notices for the user (a truncated prompt, a clamped value) go into ``image.info["mmdemo_notices"]``.
+        Checks everything first (:func:`mmdemo.inputs.check_generation`: bad values raise
+        :class:`~mmdemo.inputs.InputError`, options this model does not take become notices), then samples.
         """
+        from mmdemo.inputs import check_generation
+
+        request = check_generation(
+            self.spec, prompt=prompt, seed=seed, preset=preset, negative_prompt=negative_prompt, options=options,
+            profile=self.weights.profile, device=self.device,
+        )  # fmt: skip
+        return self.run(request, progress)
+
+    def run(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+        """Sample a checked request; adds the request's notices, the seed and preset, and the time taken."""
+        start = time.perf_counter()
+        result = self.sample(request, progress)
+        result.settings = {"seed": request.seed, "preset": request.preset, **result.settings}
+        result.notices = list(dict.fromkeys([*request.notices, *result.notices]))
+        result.seconds = round(time.perf_counter() - start, 3)
+        return result
+
+    @abstractmethod
+    def sample(self, request: GenerationRequest, progress: ProgressCallback | None) -> GenerationResult:
+        """One picture for a checked request. Noise comes from a fresh ``torch.Generator`` seeded with
+        ``request.seed`` for every call, so the same request on the same device gives the same picture."""
 
     def to(self, device: str) -> Generator:
         return self

@@ -12,12 +12,13 @@ import hashlib
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmdemo import inputs
+from mmdemo.interfaces import GenerationRequest
 from mmdemo.monitoring import new_request_id
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, get_spec
 from mmdemo.runtime import ModelManager, OutOfMemory
@@ -58,6 +59,8 @@ class CaptionRecord:
     error: str | None = None
     weights: str | None = None  # "demo" or "full"
     bleu: dict[str, float] | None = None  # per-image BLEU against the references, when there are any
+    notices: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the decoding options used
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +81,12 @@ def caption_image(
     references: list[str] | None = None,
     options: dict[str, Any] | None = None,
 ) -> tuple[list[CaptionRecord], list[str]]:
-    """Caption ``image`` with one captioner or ``"all"``; returns one record per model and input notices."""
+    """Caption ``image`` with one captioner or ``"all"``; returns one record per model and input notices.
+
+    ``options`` (decoding settings, blank = each model's default) go to every target and are checked against
+    each one's declaration: an option a model does not take is a notice in its record, a value outside its
+    range an error in its record; the other models run regardless.
+    """
     checked = inputs.load_image(image)
     targets = caption_targets(choice)
     records = []
@@ -86,17 +94,20 @@ def caption_image(
     for model_id in targets:
         start = time.perf_counter()
         try:
-            text, weights = manager.run(  # retries once after an out-of-memory error, and logs the run
+            result, weights = manager.run(  # retries once after an out-of-memory error, and logs the run
                 model_id,
                 lambda model: (model.caption([checked.value], **(options or {}))[0], _weights_label(model)),
                 action="caption",
                 request_id=request_id,
             )
-            record = CaptionRecord(model_id, text, round(time.perf_counter() - start, 3), weights=weights)
+            record = CaptionRecord(
+                model_id, result.caption, round(time.perf_counter() - start, 3), weights=weights,
+                notices=list(result.notices), settings=dict(result.settings),
+            )  # fmt: skip
             if references:
                 from mmdemo.eval.bleu import sentence_bleu_scores
 
-                record.bleu = sentence_bleu_scores(text, references)
+                record.bleu = sentence_bleu_scores(result.caption, references)
         except Exception as err:  # noqa: BLE001 - one model's failure is that model's record, never the page's
             _log_failure("caption", model_id, err)
             record = CaptionRecord(
@@ -149,6 +160,7 @@ class GenerateRecord:
     score_name: str | None = None  # "CLIP score" or "ShapesEval", whichever judged the image
     error: str | None = None
     notices: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # what the model actually used (steps, size, ...)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,50 +168,83 @@ class GenerateRecord:
 
 @dataclass
 class GenerateSettings:
-    """Validated settings of one text-to-image request, shared by every model."""
+    """One text-to-image request, checked once: the shared settings and a typed request per generator."""
 
-    prompt: str
-    seed: int
-    preset: str = "fast"
-    negative_prompt: str = ""
-    steps: dict[str, int] = field(default_factory=dict)  # per-model overrides
-    guidance: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, dict[str, Any]] = field(
-        default_factory=dict
-    )  # per-model options (e.g. Infinity's pixel budget)
-    notices: list[str] = field(default_factory=list)
+    common: inputs.CommonSettings
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model options as given
+    requests: dict[str, GenerationRequest] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        return self.common.prompt
+
+    @property
+    def seed(self) -> int:
+        return self.common.seed
+
+    @property
+    def preset(self) -> str:
+        return self.common.preset
+
+    @property
+    def notices(self) -> list[str]:
+        return list(self.common.notices)
+
+    def request_for(self, model_id: str, profile: str, device: str) -> GenerationRequest:
+        """The checked request of ``model_id`` for the weights and device it actually runs with."""
+        request = self.requests.get(model_id)
+        if request is not None and request.profile == profile and request.device == str(device):
+            return request
+        # Checked against another profile than the one that loaded (rare: weights appeared or went since).
+        spec = get_spec(model_id, "generator")
+        return inputs.generation_request(
+            spec, self.common, self.options.get(model_id), profile=profile, device=device
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the request was, for the archive: shared settings and each model's options as given."""
+        return {**asdict(self.common), "options": self.options}
+
+
+def _profile_for(model_id: str, profiles: Mapping[str, str | None] | str) -> str:
+    if isinstance(profiles, str):
+        if profiles in ("full", "demo"):
+            return profiles
+        from mmdemo.weights import available_profile
+
+        return available_profile(model_id, profiles) or "full"  # type: ignore[arg-type]
+    return profiles.get(model_id) or "full"
 
 
 def check_generate_settings(
     prompt: Any,
     seed: Any,
-    preset: str = "fast",
+    preset: Any = "fast",
     negative_prompt: Any = "",
-    steps: dict[str, Any] | None = None,
-    guidance: dict[str, Any] | None = None,
-    extra: dict[str, dict[str, Any]] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    profiles: Mapping[str, str | None] | str = "auto",
+    device: str = "cpu",
 ) -> GenerateSettings:
-    """Validate everything once, so a typo is one clear message rather than five failed panels."""
-    from mmdemo.interfaces import PRESETS
+    """Check everything once, before any model runs, so a typo is one clear message rather than five failed panels.
 
-    if preset not in PRESETS:
-        raise inputs.InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    checked_prompt = inputs.check_prompt(prompt)
-    checked_negative = inputs.check_negative_prompt(negative_prompt)
-    settings = GenerateSettings(
-        prompt=checked_prompt.value,
-        seed=inputs.check_seed(seed).value,
-        preset=preset,
-        negative_prompt=checked_negative.value,
-        notices=checked_prompt.notices + [f"Negative prompt: {n}" for n in checked_negative.notices],
-    )
-    for model_id, value in (steps or {}).items():
-        if (checked := inputs.check_steps(value).value) is not None:
-            settings.steps[model_id] = checked
-    for model_id, value in (guidance or {}).items():
-        if (checked := inputs.check_guidance(value).value) is not None:
-            settings.guidance[model_id] = checked
-    settings.extra = {m: dict(options) for m, options in (extra or {}).items() if options}
+    ``options`` maps generator ids to their options (``{"pixel-diffusion": {"steps": 20}}``), each checked
+    against that model's declaration under the profile it runs with (``profiles``: a profile for every model,
+    or one per model id; ``"auto"`` looks at what resolves) and ``device`` (defaults differ on a CPU).
+    """
+    common = inputs.check_common(prompt, seed, preset, negative_prompt)
+    options = dict(options or {})
+    unknown = [m for m in options if m not in GENERATOR_IDS]
+    if unknown:
+        raise inputs.InputError(
+            f"Options name unknown generator(s) {', '.join(map(str, unknown))}; valid: {', '.join(GENERATOR_IDS)}."
+        )
+    settings = GenerateSettings(common, {m: dict(o or {}) for m, o in options.items()})
+    for model_id in GENERATOR_IDS:
+        settings.requests[model_id] = inputs.generation_request(
+            get_spec(model_id), common, settings.options.get(model_id),
+            profile=_profile_for(model_id, profiles), device=device,
+        )  # fmt: skip
     return settings
 
 
@@ -224,30 +269,25 @@ def generate_images(
     request_id = new_request_id()
     for model_id in model_ids:
         start = time.perf_counter()
-        record = GenerateRecord(model_id, None, settings.seed, None, notices=list(settings.notices))
+        request = settings.requests[model_id]
+        record = GenerateRecord(model_id, None, settings.seed, None, notices=list(request.notices))
         image = None
         step_callback = (lambda done, total, m=model_id: progress(m, done, total)) if progress else None
 
         def run_model(model: Any, model_id=model_id, record=record, step_callback=step_callback) -> Any:
             record.weights = _weights_label(model)
-            return model.generate(
-                settings.prompt,
-                seed=settings.seed,
-                steps=settings.steps.get(model_id),
-                guidance=settings.guidance.get(model_id),
-                negative_prompt=settings.negative_prompt,
-                preset=settings.preset,
-                progress=step_callback,
-                **settings.extra.get(model_id, {}),
-            )
+            device = getattr(model, "device", manager.device)
+            return model.run(settings.request_for(model_id, record.weights, device), step_callback)
 
         try:
             # retries once after an out-of-memory error, and logs the run
-            image = manager.run(
+            result = manager.run(
                 model_id, run_model, action="generate", prompt=settings.prompt, request_id=request_id
             )
+            image = result.image
             record.seconds = round(time.perf_counter() - start, 3)
-            record.notices += list(image.info.get("mmdemo_notices", []))
+            record.notices = list(result.notices)
+            record.settings = dict(result.settings)
             if scorer is not None:
                 try:
                     record.score, record.score_name = scorer(image, settings.prompt, record.weights or "")

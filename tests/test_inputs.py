@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from mmdemo import inputs
 from mmdemo.inputs import InputError
+from mmdemo.registry import get_spec
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t", "\x00\x01"])
@@ -42,18 +44,62 @@ def test_good_seeds():
     assert inputs.check_seed(7.0).value == 7 and inputs.check_seed("12").value == 12
 
 
-@pytest.mark.parametrize("steps", [0, -5, 10**6, 2.5, "x", float("inf")])
+STEPS = get_spec("pixel-diffusion").options_for("demo")["steps"]
+GUIDANCE = get_spec("pixel-diffusion").options_for("demo")["guidance"]
+
+
+@pytest.mark.parametrize("steps", [0, -5, 10**6, 2.5, "x", float("inf"), True])
 def test_bad_steps(steps):
-    with pytest.raises(InputError, match="steps"):
-        inputs.check_steps(steps)
+    with pytest.raises(InputError, match=rf"pixel: steps must be .*, got {re.escape(repr(steps))}"):
+        inputs.check_option(STEPS, steps, "pixel")
 
 
 def test_steps_and_guidance_defaults_and_limits():
-    assert inputs.check_steps(None).value is None and inputs.check_steps(25).value == 25
-    assert inputs.check_guidance(None).value is None and inputs.check_guidance(3).value == 3.0
+    assert inputs.check_option(STEPS, 25) == 25 and inputs.check_option(STEPS, "25") == 25
+    assert inputs.check_option(GUIDANCE, 3) == 3.0 and isinstance(inputs.check_option(GUIDANCE, 3), float)
     for bad in [math.nan, math.inf, -1, 1000, "much"]:
-        with pytest.raises(InputError, match="uidance"):
-            inputs.check_guidance(bad)
+        with pytest.raises(InputError, match="guidance"):
+            inputs.check_option(GUIDANCE, bad)
+    # Blank means "the model's default": the preset's, from the registry.
+    request = inputs.check_generation(
+        get_spec("pixel-diffusion"), prompt="a", seed=1, options={"steps": None, "guidance": ""},
+        profile="demo", device="cpu",
+    )  # fmt: skip
+    assert request["steps"] == STEPS.default and request["guidance"] == GUIDANCE.default
+    report = inputs.check_generation(
+        get_spec("pixel-diffusion"), prompt="a", seed=1, preset="report", profile="demo", device="cpu"
+    )
+    assert report["steps"] == STEPS.report_default == 100
+
+
+def test_choice_bool_text_and_stepped_options():
+    spec = get_spec("infinity-2b")
+    full, demo = spec.options_for("full"), spec.options_for("demo")
+    assert inputs.check_option(full["pixel_budget"], "0.60M") == "0.60M"
+    with pytest.raises(InputError, match=r"pixel_budget must be one of 0.06M, 0.25M, 1M, got '0.60M'"):
+        inputs.check_option(demo["pixel_budget"], "0.60M")  # the demo model has no such budget
+    assert inputs.check_option(full["free_text_encoder_after_encoding"], "true") is True
+    with pytest.raises(InputError, match="true or false"):
+        inputs.check_option(full["free_text_encoder_after_encoding"], "maybe")
+    assert inputs.check_option(full["aspect_ratio"], " 16:9 ") == "16:9"
+    for bad in ["wide", "0:1", "1.2.3", "16:"]:
+        with pytest.raises(InputError, match="aspect_ratio"):
+            inputs.check_option(full["aspect_ratio"], bad)
+    width = get_spec("sdxl-base").options_for("demo")["width"]
+    assert inputs.check_option(width, 48) == 48
+    for bad in [33, 72, 0]:
+        with pytest.raises(InputError, match="multiple of 8"):
+            inputs.check_option(width, bad)
+
+
+def test_unknown_options_are_notices_and_aliases_resolve():
+    spec = get_spec("infinity-2b")
+    checked = inputs.check_options(spec, {"cfg": 4, "steps": 30, "top_p": None}, profile="demo")
+    assert checked.value == {"guidance": 4.0}  # the alias, resolved; blank left out
+    (notice,) = checked.notices
+    assert "no option 'steps'" in notice and "pixel budget" in notice and "30" in notice
+    with pytest.raises(InputError, match="options must map"):
+        inputs.check_options(spec, ["steps"], profile="demo")
 
 
 def _png_bytes(image: Image.Image, **save) -> bytes:

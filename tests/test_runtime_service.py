@@ -11,6 +11,8 @@ from PIL import Image
 
 from mmdemo import service
 from mmdemo.inputs import InputError
+from mmdemo.interfaces import Captioner, CaptionResult, GenerationResult, Generator
+from mmdemo.registry import get_spec
 from mmdemo.runtime import ModelManager, module_bytes
 
 
@@ -82,38 +84,52 @@ def test_unknown_model_id_fails_before_loading():
         manager.get("not-a-model")
 
 
-class FakeCaptioner:
-    def __init__(self, text: str | None):
-        self.text = text
-        self.weights = type("W", (), {"profile": "demo"})()
+_DEMO_WEIGHTS = type("W", (), {"profile": "demo"})()
 
-    def caption(self, images, **options):
+
+class FakeCaptioner(Captioner):
+    """The real Captioner contract (options checked against the registry) around a canned caption."""
+
+    def __init__(self, text: str | None, model_id: str = "resnet18-xattn"):
+        self.text, self.spec, self.weights, self.device = text, get_spec(model_id), _DEMO_WEIGHTS, "cpu"
+
+    @classmethod
+    def load(cls, spec, weights, *, device=None):
+        raise NotImplementedError
+
+    def describe(self, images, request):
         if self.text is None:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return [self.text for _ in images]
+        return [CaptionResult(self.text, dict(request.options)) for _ in images]
 
 
-class FakeGenerator:
-    def __init__(self, fail: bool):
-        self.fail = fail
-        self.weights = type("W", (), {"profile": "demo"})()
+class FakeGenerator(Generator):
+    """The real Generator contract around a picture coloured by the seed."""
 
-    def generate(self, prompt, *, seed, progress=None, **kwargs):
+    def __init__(self, fail: bool, model_id: str = "pixel-diffusion"):
+        self.fail, self.spec, self.weights, self.device = fail, get_spec(model_id), _DEMO_WEIGHTS, "cpu"
+        self.requests: list = []
+
+    @classmethod
+    def load(cls, spec, weights, *, device=None):
+        raise NotImplementedError
+
+    def sample(self, request, progress):
+        self.requests.append(request)
         if self.fail:
             raise RuntimeError("sampler exploded (simulated)")
         if progress:
             progress(1, 1)
-        image = Image.new("RGB", (8, 8), (seed % 256, 0, 0))
-        image.info["mmdemo_notices"] = ["prompt truncated (simulated)"]
-        return image
+        image = Image.new("RGB", (8, 8), (request.seed % 256, 0, 0))
+        return GenerationResult(image, dict(request.options), ["prompt truncated (simulated)"])
 
 
 def test_one_failing_captioner_leaves_the_others_working():
     models = {
-        "resnet18-xattn": FakeCaptioner("a red circle"),
-        "clipb32-xattn": FakeCaptioner(None),
-        "qformer-bert": FakeCaptioner("a blue square"),
-        "qformer-tinyllama": FakeCaptioner("a dot"),
+        "resnet18-xattn": FakeCaptioner("a red circle", "resnet18-xattn"),
+        "clipb32-xattn": FakeCaptioner(None, "clipb32-xattn"),
+        "qformer-bert": FakeCaptioner("a blue square", "qformer-bert"),
+        "qformer-tinyllama": FakeCaptioner("a dot", "qformer-tinyllama"),
     }
     manager = ModelManager("demo", device="cpu", loader=lambda m, p, d: models[m])
     records, notices = service.caption_image(
@@ -131,12 +147,12 @@ def test_one_failing_captioner_leaves_the_others_working():
 
 def test_one_failing_generator_leaves_the_others_working():
     models = {
-        "pixel-diffusion": FakeGenerator(False),
-        "latent-diffusion": FakeGenerator(True),
-        "sdxl-base": FakeGenerator(False),
+        "pixel-diffusion": FakeGenerator(False, "pixel-diffusion"),
+        "latent-diffusion": FakeGenerator(True, "latent-diffusion"),
+        "sdxl-base": FakeGenerator(False, "sdxl-base"),
     }
     manager = ModelManager("demo", device="cpu", loader=lambda m, p, d: models[m])
-    settings = service.check_generate_settings("a red circle", 42, "fast")
+    settings = service.check_generate_settings("a red circle", 42, "fast", profiles="demo")
     steps_seen = []
     results = list(
         service.generate_images(
@@ -154,6 +170,15 @@ def test_one_failing_generator_leaves_the_others_working():
     assert results[1][1] is None and "exploded" in failed.error
     assert ok2.error is None and results[2][1].getpixel((0, 0)) == (42, 0, 0)
     assert steps_seen == ["pixel-diffusion", "sdxl-base"]
+    # The settings actually used come back in the record; the shared notices are in the failed one too.
+    assert ok.settings == {
+        "seed": 42,
+        "preset": "fast",
+        "steps": 20,
+        "guidance": 3.0,
+    }  # the registry's defaults
+    assert ok2.settings["steps"] == 25 and ok2.settings["width"] == 32  # SDXL's, demo profile
+    assert failed.settings == {} and failed.notices == []
 
 
 def test_generate_settings_are_checked_once():
@@ -161,9 +186,50 @@ def test_generate_settings_are_checked_once():
         service.check_generate_settings("  ", 1)
     with pytest.raises(InputError, match="preset"):
         service.check_generate_settings("a", 1, "slow")
-    with pytest.raises(InputError, match="steps"):
-        service.check_generate_settings("a", 1, steps={"pixel-diffusion": 0})
-    settings = service.check_generate_settings("a", 1, steps={"pixel-diffusion": "20", "sdxl-base": None})
-    assert settings.steps == {"pixel-diffusion": 20}
+    with pytest.raises(InputError, match=r"steps must be a whole number from 1 to 1000, got 0"):
+        service.check_generate_settings("a", 1, options={"pixel-diffusion": {"steps": 0}}, profiles="demo")
+    with pytest.raises(InputError, match="unknown generator"):
+        service.check_generate_settings("a", 1, options={"dalle-3": {"steps": 2}}, profiles="demo")
+    settings = service.check_generate_settings(
+        "a", 1, options={"pixel-diffusion": {"steps": "20"}, "sdxl-base": {"steps": None}}, profiles="demo"
+    )
+    assert settings.requests["pixel-diffusion"]["steps"] == 20  # given, as a number
+    assert settings.requests["sdxl-base"]["steps"] == 25  # blank: the fast preset's default
     with pytest.raises(InputError, match="Unknown generator"):
         list(service.generate_images(ModelManager("demo", device="cpu"), settings, ["dalle-3"]))
+
+
+def test_an_option_a_model_lacks_is_a_notice_in_its_record_only():
+    models = {
+        "pixel-diffusion": FakeGenerator(False, "pixel-diffusion"),
+        "sdxl-base": FakeGenerator(False, "sdxl-base"),
+    }
+    manager = ModelManager("demo", device="cpu", loader=lambda m, p, d: models[m])
+    settings = service.check_generate_settings(
+        "a red circle",
+        7,
+        options={"pixel-diffusion": {"width": 64}, "sdxl-base": {"width": 64}},
+        profiles="demo",
+    )
+    records = {m: r for m, _, r in service.generate_images(manager, settings, list(models))}
+    assert records["pixel-diffusion"].error is None
+    assert any("no option 'width'" in n and "64" in n for n in records["pixel-diffusion"].notices)
+    assert records["sdxl-base"].settings["width"] == 64  # SDXL takes it
+    assert not any("width" in n for n in records["sdxl-base"].notices)
+
+
+def test_a_caption_option_outside_one_model_range_fails_that_model_only():
+    models = {"resnet18-xattn": FakeCaptioner("a red circle", "resnet18-xattn"),
+              "qformer-bert": FakeCaptioner("a blue square", "qformer-bert")}  # fmt: skip
+    manager = ModelManager("demo", device="cpu", loader=lambda m, p, d: models[m])
+    manager_ids = list(models)
+    records = []
+    for model_id in manager_ids:
+        found, _ = service.caption_image(
+            manager, Image.new("RGB", (8, 8)), model_id, options={"num_beams": 3, "repetition_penalty": 1.2}
+        )
+        records += found
+    xattn, bert = records
+    assert xattn.error is None and xattn.settings["num_beams"] == 3
+    assert any("repetition_penalty" in n for n in xattn.notices)  # not an option of this model: a notice
+    assert bert.caption is None and "num_beams must be a whole number from 1 to 1, got 3" in bert.error
