@@ -68,6 +68,21 @@ class ArenaConfig:
     export_repo: str | None = None  # a Hub dataset repo id: new votes pushed there as JSON lines
     export_every_minutes: float = 10.0
 
+    @classmethod
+    def from_env(cls, data_dir: str | Path | None = None, db_url: str | None = None) -> ArenaConfig:
+        """Defaults, overridden by ``MMDEMO_ARENA_MODELS`` (comma-separated ids), ``MMDEMO_ARENA_EXPORT_REPO``,
+        ``MMDEMO_ARENA_BATTLES_PER_MINUTE`` and ``MMDEMO_ARENA_VOTES_PER_MINUTE``."""
+        env = os.environ
+        models = tuple(m.strip() for m in env.get("MMDEMO_ARENA_MODELS", "").split(",") if m.strip())
+        return cls(
+            data_dir=Path(data_dir) if data_dir else None,
+            db_url=db_url,
+            models=models or None,
+            export_repo=env.get("MMDEMO_ARENA_EXPORT_REPO") or None,
+            battles_per_minute=int(env.get("MMDEMO_ARENA_BATTLES_PER_MINUTE", cls.battles_per_minute)),
+            votes_per_minute=int(env.get("MMDEMO_ARENA_VOTES_PER_MINUTE", cls.votes_per_minute)),
+        )
+
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir) if self.data_dir else db.default_data_dir()
 

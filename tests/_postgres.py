@@ -1,0 +1,88 @@
+"""A throw-away PostgreSQL server for tests: ``MMDEMO_TEST_DB_URL`` when set, else a cluster we start.
+
+Our own cluster lives in a fresh temporary folder owned by the ``postgres`` user (PostgreSQL refuses
+to run as root), listens on loopback only, trusts local connections, and is stopped and deleted after
+the session. ``.ci/run`` starts one the same way and exports ``MMDEMO_TEST_DB_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("MMDEMO_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def missing_reason() -> str | None:
+    """Why no PostgreSQL server can be had here, or None."""
+    if os.environ.get("MMDEMO_TEST_DB_URL"):
+        return None
+    if not (PG_BIN / "initdb").is_file():
+        return f"no PostgreSQL server binaries at {PG_BIN} (apt-get install postgresql, or set MMDEMO_TEST_DB_URL)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a 'postgres' user to run the server as"
+    return None
+
+
+def _as_server_user(args: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """Start a cluster on a free loopback port; yield its superuser URL; stop and delete it."""
+    folder = Path(tempfile.mkdtemp(prefix="mmdemo-pg-"))
+    data = folder / "data"
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = dict(check=True, capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        _as_server_user([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]), **run
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on"
+    subprocess.run(
+        _as_server_user(
+            [str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
+        ),
+        **run,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            _as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server for one test; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"mmdemo_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = server_url.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
