@@ -72,7 +72,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         config = spec.tiny_config if args.random == "tiny" else spec.full_config
         words = [f"w{i}" for i in range(60)]
         network = cls.network_class.for_training(config, train_captions=[" ".join(words)] * 2)
-        captioner = cls(spec, ResolvedWeights(spec.id, "demo", [Path("random")]), network, "cpu")
+        captioner = cls(spec, ResolvedWeights.demo(spec, Path("random")), network, "cpu")
         source = f"random {args.random}"
     else:
         captioner = mmdemo.load_captioner(args.model, "demo", device="cpu")

@@ -327,7 +327,7 @@ def test_full_size_checkpoint_loads_frozen_parts_from_public_files(tmp_path):
     assert "vision_model.post_layernorm.weight" in keys  # ln_vision is trained, so it is ours
     with pytest.raises(ValueError, match="sources"):
         CaptionNetwork.from_pretrained(tmp_path / "ours")
-    loaded = CaptionNetwork.from_pretrained(tmp_path / "ours", sources=[blip2, tmp_path / "llm"])
+    loaded = CaptionNetwork.from_pretrained(tmp_path / "ours", sources={"vision": blip2, "language_model": tmp_path / "llm"})
     for k, v in network.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
 
@@ -406,7 +406,7 @@ def test_bad_images_get_clear_messages(tmp_path):
     from mmdemo.weights import ResolvedWeights
 
     network = tiny("qformer-bert")
-    captioner = qf.QFormerBertCaptioner(spec_of("qformer-bert"), ResolvedWeights("qformer-bert", "demo", [tmp_path]),
+    captioner = qf.QFormerBertCaptioner(spec_of("qformer-bert"), ResolvedWeights.demo(spec_of("qformer-bert"), tmp_path),
                                         network, "cpu")  # fmt: skip
     with pytest.raises(InputError):
         captioner.caption([b"not an image"])
@@ -435,12 +435,12 @@ def test_full_size_training_init_reads_public_layouts(tmp_path):
     llama.llm.save_pretrained(tmp_path / "llm")
     llama.tokenizer.save_pretrained(tmp_path / "llm")
     config = get_spec("qformer-bert").tiny_config
-    net = qf.QFormerBertNetwork.for_training(config, train_captions=[], sources=[blip2, bert])
+    net = qf.QFormerBertNetwork.for_training(config, train_captions=[], sources={"vision": blip2, "tokenizer": bert})
     assert net.dec_token_id == len(vocab) and all(
         torch.equal(v, official[f"vision_model.{k}"]) for k, v in net.vision_model.state_dict().items()
     )
     net = qf.QFormerLlamaNetwork.for_training(
-        get_spec("qformer-tinyllama").tiny_config, train_captions=[], sources=[blip2, tmp_path / "llm"]
+        get_spec("qformer-tinyllama").tiny_config, train_captions=[], sources={"vision": blip2, "language_model": tmp_path / "llm"}
     )
     state = net.state_dict()
     assert all(

@@ -3,6 +3,8 @@ counts, vocabulary, decoding (KV cache, per-sequence EOS, beam search) and check
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -231,7 +233,7 @@ def test_bad_input_is_a_clear_error():
     from mmdemo.weights import ResolvedWeights
 
     spec = get_spec("resnet18-xattn")
-    captioner = XAttnCaptioner(spec, ResolvedWeights(spec.id, "demo", []), tiny_network(), "cpu")
+    captioner = XAttnCaptioner(spec, ResolvedWeights.demo(spec, Path("unused")), tiny_network(), "cpu")
     with pytest.raises(InputError):
         captioner.caption([b"not an image"])
     with pytest.raises(InputError):
@@ -254,7 +256,7 @@ def test_full_size_checkpoint_without_frozen_parts_needs_sources(tmp_path):
     network.save_pretrained(tmp_path / "ours", include_frozen=False)
     with pytest.raises(ValueError, match="sources"):
         XAttnCaptionNetwork.from_pretrained(tmp_path / "ours")
-    loaded = XAttnCaptionNetwork.from_pretrained(tmp_path / "ours", sources=[source])
+    loaded = XAttnCaptionNetwork.from_pretrained(tmp_path / "ours", sources={"vision": source})
     for key, value in network.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 

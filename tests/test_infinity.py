@@ -472,7 +472,11 @@ def test_full_profile_loading_path_with_tiny_files(tmp_path):
     t5.save_pretrained(tmp_path / "t5")
     tokenizer.save_pretrained(tmp_path / "t5")
     spec = dataclasses.replace(MODEL_SPEC, full_config={**TINY})
-    weights = ResolvedWeights("infinity-2b", "full", [tmp_path / "t", tmp_path / "v", tmp_path / "t5"])
+    weights = ResolvedWeights(
+        "infinity-2b", "full",
+        {"transformer": tmp_path / "t" / "infinity_2b_reg.pth", "vae": tmp_path / "v" / "infinity_vae_d32reg.pth",
+         "text_encoder": tmp_path / "t5"},
+    )  # fmt: skip
     gen = _generator_class().load(spec, weights, device="cpu")
     assert torch.equal(gen.transformer.head.weight, model.head.weight)
     assert not hasattr(gen.vae, "encoder")

@@ -106,7 +106,7 @@ def test_mismatched_weights_fail_loudly(generator, tmp_path):
     import shutil
 
     folder = tmp_path / "latent-diffusion"
-    shutil.copytree(generator.weights.folder, folder)
+    shutil.copytree(generator.weights["model"], folder)
     config = json.loads((folder / "config.json").read_text())
     config["unet_block_out_channels"] = [32, 64]  # one block fewer than the weights hold
     (folder / "config.json").write_text(json.dumps(config))
@@ -147,7 +147,7 @@ def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, m
     """The full-profile plumbing with tiny stand-ins where the real CLIP files and our weights would go."""
     import shutil
 
-    built = generator.weights.folder
+    built = generator.weights["model"]
     clip_dir = tmp_path / "openai" / "clip-vit-base-patch16"
     shutil.copytree(built / "text_encoder", clip_dir)
     for item in (built / "tokenizer").iterdir():
@@ -157,9 +157,9 @@ def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, m
         shutil.copy(built / name, tmp_path / "latent-diffusion" / name)
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
     full = mmdemo.load_generator("latent-diffusion", profile="full", device="cpu")
-    assert full.weights.profile == "full" and full.weights.paths[0] == clip_dir
-    a = full.generate("a red circle", seed=5, steps=2)
-    b = generator.generate("a red circle", seed=5, steps=2)
+    assert full.weights.profile == "full" and full.weights["text_encoder"] == clip_dir
+    a = full.generate("a red circle", seed=5, steps=2).image
+    b = generator.generate("a red circle", seed=5, steps=2).image
     assert np.array_equal(np.asarray(a), np.asarray(b))  # the same weights give the same image either way
 
 

@@ -178,8 +178,8 @@ def test_full_profile_reads_bert_snapshot_and_our_weights(diffusion_assets, tmp_
         shutil.copy(built / name, tmp_path / "pixel-diffusion" / name)
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
     generator = mmdemo.load_generator("pixel-diffusion", profile="full", device="cpu")
-    assert generator.weights.profile == "full" and generator.weights.paths[0] == bert_dir
-    assert generator.generate("a red circle", seed=0, steps=2).size == (32, 32)
+    assert generator.weights.profile == "full" and generator.weights["text_encoder"] == bert_dir
+    assert generator.generate("a red circle", seed=0, steps=2).image.size == (32, 32)
 
 
 def test_shipped_demo_checkpoint_draws_what_the_prompt_says(monkeypatch):

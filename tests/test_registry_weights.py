@@ -64,6 +64,8 @@ def _write_demo(root: Path, model_id: str) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    for relative in get_spec(model_id).demo_layout.values():  # the text encoder's and tokenizer's folders
+        (folder / relative).mkdir(exist_ok=True)
     return folder
 
 
@@ -74,7 +76,7 @@ def test_demo_profile_resolves_shipped_folder_and_explains_when_missing(ckpt_roo
     assert str(ckpt_root / "demo" / "pixel-diffusion") in message and "What to do:" in message
     folder = _write_demo(ckpt_root, "pixel-diffusion")
     resolved = weights.resolve("pixel-diffusion", "demo")
-    assert resolved.profile == "demo" and resolved.folder == folder
+    assert resolved.profile == "demo" and resolved["model"] == folder
 
 
 def test_full_profile_offline_is_unavailable_with_every_place_named(ckpt_root):
@@ -87,18 +89,23 @@ def test_full_profile_offline_is_unavailable_with_every_place_named(ckpt_root):
     assert "not reachable" in message and str(ckpt_root) in message
 
 
-def test_full_profile_uses_local_folders_per_source(ckpt_root):
+def test_full_profile_uses_local_folders_per_source_and_needs_every_file(ckpt_root):
     spec = get_spec("pixel-diffusion")
     bert, ours = spec.sources
     (ckpt_root / bert.repo_id).mkdir(parents=True)
     (ckpt_root / bert.repo_id / bert.files[0]).write_bytes(b"x")
-    with pytest.raises(weights.WeightsUnavailable, match="pixel-diffusion"):
-        weights.resolve("pixel-diffusion", "full")  # our own weights are still missing
     (ckpt_root / "pixel-diffusion").mkdir()
-    (ckpt_root / "pixel-diffusion" / ours.files[0]).write_bytes(b"x")
+    for name in ours.files:
+        (ckpt_root / "pixel-diffusion" / name).write_bytes(b"x")
+    with pytest.raises(weights.WeightsUnavailable, match="lacks config.json, vocab.txt"):
+        weights.resolve("pixel-diffusion", "full")  # BERT's folder holds only its weights file
+    for name in bert.files[1:]:
+        (ckpt_root / bert.repo_id / name).write_bytes(b"x")
     resolved = weights.resolve("pixel-diffusion", "full")
     assert resolved.profile == "full"
-    assert resolved.paths == [ckpt_root / bert.repo_id, ckpt_root / "pixel-diffusion"]
+    assert resolved["text_encoder"] == resolved["tokenizer"] == ckpt_root / bert.repo_id
+    assert resolved["model"] == ckpt_root / "pixel-diffusion"
+    assert resolved.origins["model"] == "local folder"
 
 
 def test_auto_prefers_full_then_demo_and_never_substitutes_silently(ckpt_root):

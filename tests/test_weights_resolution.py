@@ -60,6 +60,9 @@ def _write_demo(root: Path, model_id: str, *, config: bool = True, tensors: bool
         _write_file(folder / "config.json")
     if tensors:
         _write_file(folder / "model.safetensors")
+    if config and tensors:  # a complete copy also holds the sub-folders its loader reads (text encoder, ...)
+        for relative in get_spec(MODEL).demo_layout.values():
+            (folder / relative).mkdir(exist_ok=True)
     return folder
 
 

@@ -87,7 +87,7 @@ def load(args: argparse.Namespace) -> Any:
     if args.checkpoint is None:
         return mmdemo.load_captioner(args.model, args.profile, device=args.device)
     spec = get_spec(args.model, "captioner")
-    weights = ResolvedWeights(spec.id, "demo", [args.checkpoint], ["--checkpoint"])
+    weights = ResolvedWeights.demo(spec, args.checkpoint, "--checkpoint")
     return mmdemo.adapter_class(spec).load(spec, weights, device=args.device)
 
 

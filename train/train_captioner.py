@@ -61,10 +61,12 @@ def data_split(corpus: Any, captions_per_image: int, max_train: int | None, max_
     return train, val
 
 
-def third_party_sources(spec: Any, overrides: list[Path] | None) -> list[Path]:
-    """Local folders of the spec's third-party sources (everything but our own weights), in registry order."""
+def third_party_sources(spec: Any, overrides: list[Path] | None) -> dict[str, Path]:
+    """Local folders of the spec's third-party sources (everything but our own weights), by component name.
+
+    ``overrides`` (``--source-dir``, repeated) are taken in registry order."""
     from mmdemo.registry import OWN_WEIGHTS_REPO
-    from mmdemo.weights import WeightsUnavailable, hub_reachable, local_folder
+    from mmdemo.weights import WeightsUnavailable, fetch_source
 
     sources = [s for s in spec.sources if s.repo_id != OWN_WEIGHTS_REPO]
     if overrides:
@@ -73,33 +75,16 @@ def third_party_sources(spec: Any, overrides: list[Path] | None) -> list[Path]:
                 f"--source-dir given {len(overrides)} times; {spec.id} needs {len(sources)}: "
                 + ", ".join(s.repo_id for s in sources)
             )
-        return list(overrides)
-    folders = []
+        return {source.name: Path(folder) for source, folder in zip(sources, overrides, strict=True)}
+    folders: dict[str, Path] = {}
     for source in sources:
-        local = local_folder(spec, source)
-        if local.is_dir() and any(local.iterdir()):
-            folders.append(local)
-            continue
         try:
-            from huggingface_hub import snapshot_download
-
-            prefix = f"{source.subfolder}/" if source.subfolder else ""
-            folder = Path(
-                snapshot_download(
-                    source.repo_id,
-                    allow_patterns=[prefix + f for f in source.files],
-                    local_files_only=not hub_reachable(),
-                )
-            )
-            folders.append(folder / source.subfolder if source.subfolder else folder)
-        except Exception as err:  # noqa: BLE001 - any failure means the pretrained part is unavailable
+            folders[source.name] = fetch_source(spec, source)
+        except WeightsUnavailable as err:
             raise WeightsUnavailable(
-                spec.id,
-                "full (training)",
-                [str(local), f"Hub {source.repo_id}: {type(err).__name__}"],
-                f"download {source.repo_id} ({', '.join(source.files)}) to {local}, or pass --source-dir, "
-                "or train the tiny size (--size tiny)",
-            ) from err
+                spec.id, "full (training)", err.looked_in,
+                f"{err.remedy}; or pass --source-dir, or train the tiny size (--size tiny)",
+            ) from err  # fmt: skip
     return folders
 
 

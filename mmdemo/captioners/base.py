@@ -33,8 +33,8 @@ class named in the registry, which delegate to the network class)::
 ``network_for_training`` builds the tokenizer (a vocabulary from ``train_captions``, or a pretrained
 tokenizer), builds the network, fills the frozen parts and freezes them:
 
-* full size: ``sources`` is a list of local folders, one per *third-party* entry of ``spec.sources``
-  (every entry except our own ``OWN_WEIGHTS_REPO`` one), in registry order, e.g. the folder holding
+* full size: ``sources`` maps each *third-party* entry of ``spec.sources`` (every entry except our own
+  ``OWN_WEIGHTS_REPO`` one) by its component name to a local folder, e.g. ``"vision"`` to the folder holding
   ``timm/resnet18.tv_in1k/model.safetensors``; the frozen parts are loaded from them strictly.
 * tiny (demo): ``init_dir`` is a folder of *our* Shapes-pretrained tiny frozen parts (written by a
   pretraining script, e.g. ``train/pretrain_shapes_vision.py``, as ``config.json`` +
@@ -52,12 +52,12 @@ tests) builds the same network without any weights, frozen parts already ``requi
 
 ``_frozen_included`` is True for demo checkpoints (our tiny frozen parts are ours and small) and False
 for full-size ones (official encoder / LLM weights are not re-published: ``from_pretrained(folder,
-sources=[...])`` loads them from the third-party sources first). Loading is strict: the union of the
+sources={...})`` loads them from the third-party sources first). Loading is strict: the union of the
 keys must be exactly the network's state dict.
 
 **4. The adapter** (:class:`CaptionerAdapter`, implements :class:`mmdemo.interfaces.Captioner`):
-``load(spec, weights, device)`` takes ``weights.folder`` for demo and ``weights.paths`` (third-party
-folders then ours, in registry order) for full; ``caption(images, **options)`` checks and converts each
+``load(spec, weights, device)`` takes ``weights["captioner"]`` (our checkpoint) and, for full-size
+weights, the frozen parts' folders by component name (``weights["vision"]``, ...); ``caption(images, **options)`` checks and converts each
 image with :func:`mmdemo.inputs.load_image`, then preprocess -> encode_images -> generate in chunks of
 ``batch_size`` (option, default 16). A family adds only its network; it may override ``caption`` to
 add options.
@@ -68,6 +68,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -165,14 +166,14 @@ class CaptionNetwork(torch.nn.Module):
         config: dict[str, Any],
         *,
         train_captions: list[str],
-        sources: list[Path] | None = None,
+        sources: Mapping[str, Path] | None = None,
         init_dir: Path | None = None,
         device: str | torch.device = "cpu",
     ) -> CaptionNetwork:
         """See "How the training script builds a network" in the module docstring."""
         raise NotImplementedError
 
-    def load_frozen_from_sources(self, sources: list[Path]) -> None:
+    def load_frozen_from_sources(self, sources: Mapping[str, Path]) -> None:
         """Fill the frozen parts from the official third-party files (full size), strictly."""
         raise NotImplementedError
 
@@ -233,7 +234,7 @@ class CaptionNetwork(torch.nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, sources: list[Path] | None = None, device: str | torch.device = "cpu"
+        cls, folder: str | Path, *, sources: Mapping[str, Path] | None = None, device: str | torch.device = "cpu"
     ) -> CaptionNetwork:
         """Rebuild a checkpoint written by :meth:`save_pretrained`, strictly, in fp32, in eval mode.
 
@@ -297,7 +298,7 @@ class CaptionerAdapter(Captioner):
         config: dict[str, Any],
         *,
         train_captions: list[str],
-        sources: list[Path] | None = None,
+        sources: Mapping[str, Path] | None = None,
         init_dir: Path | None = None,
         device: str | torch.device = "cpu",
     ) -> CaptionNetwork:
@@ -313,12 +314,10 @@ class CaptionerAdapter(Captioner):
             from mmdemo.runtime import default_device
 
             device = default_device()
-        if weights.profile == "demo":
-            network = cls.network_class.from_pretrained(weights.folder, device=device)
-        else:  # third-party frozen parts first, our trained weights last (registry order)
-            network = cls.network_class.from_pretrained(
-                weights.paths[-1], sources=weights.paths[:-1], device=device
-            )
+        # "captioner" is our trained checkpoint; every other component (present only for full-size weights,
+        # whose frozen third-party parts are not re-published) is a frozen part's source folder by name.
+        sources = {name: path for name, path in weights.items() if name != "captioner"}
+        network = cls.network_class.from_pretrained(weights["captioner"], sources=sources or None, device=device)
         return cls(spec, weights, network, device)
 
     def to(self, device: str) -> CaptionerAdapter:

@@ -28,7 +28,7 @@ import hashlib
 import json
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -414,7 +414,7 @@ class _QFormerNetwork(CaptionNetwork):
                 f"{what} does not fit {self.family}: missing {_short(missing)}, unexpected {_short(unexpected)}"
             )
 
-    def load_frozen_from_sources(self, sources: list[Path]) -> None:
+    def load_frozen_from_sources(self, sources: Mapping[str, Path]) -> None:
         """The frozen ViT trunk (and TinyLlama) from the public checkpoints, strictly."""
         state = self._official_state(sources)
         frozen = {k: v for k, v in state.items() if k.startswith(self.frozen_prefixes)}
@@ -423,7 +423,7 @@ class _QFormerNetwork(CaptionNetwork):
             raise ValueError(f"public checkpoints lack frozen weights: {_short(sorted(own - set(frozen)))}")
         self.load_state_dict(frozen, strict=False)
 
-    def _official_state(self, sources: list[Path]) -> dict[str, torch.Tensor]:
+    def _official_state(self, sources: Mapping[str, Path]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     # -- images
@@ -538,11 +538,11 @@ class QFormerBertNetwork(_QFormerNetwork):
         config: dict[str, Any],
         *,
         train_captions: list[str],
-        sources: list[Path] | None = None,
+        sources: Mapping[str, Path] | None = None,
         init_dir: Path | None = None,
         device: str | torch.device = "cpu",
     ) -> QFormerBertNetwork:
-        """Full: sources = [blip2-itm-vit-g, bert-base-uncased]; the ViT is loaded, the rest starts random.
+        """Full: sources = {"vision": blip2-itm-vit-g, "tokenizer": bert-base-uncased}; the ViT is loaded, the rest starts random.
         Tiny: a WordPiece vocabulary learned from ``train_captions``; ``init_dir`` (optional) holds a
         pretrained tiny ViT (``vision_model.*`` keys)."""
         import tempfile
@@ -551,7 +551,7 @@ class QFormerBertNetwork(_QFormerNetwork):
             from transformers import BertTokenizer
 
             # bert-base-uncased's tokenizer_config.json names no class, so AutoTokenizer would need config.json.
-            tokenizer = BertTokenizer.from_pretrained(str(sources[1]), local_files_only=True)
+            tokenizer = BertTokenizer.from_pretrained(str(sources["tokenizer"]), local_files_only=True)
         else:
             size = int(config.get("vocab_size", QFormerBertConfig.vocab_size))
             with tempfile.TemporaryDirectory() as tmp:
@@ -572,8 +572,8 @@ class QFormerBertNetwork(_QFormerNetwork):
             )
         return network.to(device)
 
-    def _official_state(self, sources: list[Path]) -> dict[str, torch.Tensor]:
-        return official_state_dict("qformer-bert", _read_safetensors_folder(sources[0]))
+    def _official_state(self, sources: Mapping[str, Path]) -> dict[str, torch.Tensor]:
+        return official_state_dict("qformer-bert", _read_safetensors_folder(sources["vision"]))
 
     def attach_tokenizer(self, tokenizer: Any) -> None:
         """A BERT WordPiece tokenizer; ``[DEC]`` is added as its BOS when missing (as BLIP-2 does)."""
@@ -705,17 +705,17 @@ class QFormerLlamaNetwork(_QFormerNetwork):
         config: dict[str, Any],
         *,
         train_captions: list[str],
-        sources: list[Path] | None = None,
+        sources: Mapping[str, Path] | None = None,
         init_dir: Path | None = None,
         device: str | torch.device = "cpu",
     ) -> QFormerLlamaNetwork:
-        """Full: sources = [blip2-itm-vit-g, TinyLlama]; ViT, Q-Former and queries from BLIP-2, the LLM from
+        """Full: sources = {"vision": blip2-itm-vit-g, "language_model": TinyLlama}; ViT, Q-Former and queries from BLIP-2, the LLM from
         TinyLlama, only the projection starts random. Tiny: ``init_dir/llm/`` is the Shapes-pretrained LM with
         its tokenizer (``train/pretrain_tiny_lm.py``); ``init_dir/stage1/`` (optional) a ``qformer-bert`` demo
         checkpoint whose ViT, Q-Former and queries stand in for BLIP-2 stage 1. Without ``init_dir`` (tests):
         a BPE tokenizer from ``train_captions`` and a random frozen LM."""
         if sources:
-            network = cls.build(config, device="cpu", tokenizer=_load_tokenizer(sources[1]))
+            network = cls.build(config, device="cpu", tokenizer=_load_tokenizer(sources["language_model"]))
             state = network._official_state(sources)
             network._load_partial(state, ("language_projection.",), "the BLIP-2 + TinyLlama checkpoints")
             return network.to(device)
@@ -732,9 +732,11 @@ class QFormerLlamaNetwork(_QFormerNetwork):
             network.load_stage1(init_dir / "stage1")
         return network.to(device)
 
-    def _official_state(self, sources: list[Path]) -> dict[str, torch.Tensor]:
+    def _official_state(self, sources: Mapping[str, Path]) -> dict[str, torch.Tensor]:
         return official_state_dict(
-            "qformer-tinyllama", _read_safetensors_folder(sources[0]), _read_safetensors_folder(sources[1])
+            "qformer-tinyllama",
+            _read_safetensors_folder(sources["vision"]),
+            _read_safetensors_folder(sources["language_model"]),
         )
 
     def load_llm(self, folder: Path) -> None:

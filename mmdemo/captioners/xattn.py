@@ -1,6 +1,6 @@
 """Cross-attention Transformer-decoder captioners: ``resnet18-xattn`` and ``clipb32-xattn``.
 
-One family, two frozen vision encoders (the report's first two rows, SPEC section 3):
+One family, two frozen vision encoders (the report's first two rows):
 
 * ``resnet18``: torchvision ResNet-18's conv trunk (no pooling, no ``fc``); its 7x7x512 map at 224 px
   is 49 tokens; ImageNet normalisation. Official weights: torchvision ``IMAGENET1K_V1``, read from the
@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,7 +306,7 @@ class XAttnCaptionNetwork(CaptionNetwork):
         config: dict[str, Any],
         *,
         train_captions: list[str],
-        sources: list[Path] | None = None,
+        sources: Mapping[str, Path] | None = None,
         init_dir: Path | None = None,
         device: str | torch.device = "cpu",
     ) -> XAttnCaptionNetwork:
@@ -318,8 +319,8 @@ class XAttnCaptionNetwork(CaptionNetwork):
             network.load_pretrained_vision(init_dir)
         return network.to(device)
 
-    def load_frozen_from_sources(self, sources: list[Path]) -> None:
-        state = official_vision_state(self.config, sources[0])
+    def load_frozen_from_sources(self, sources: Mapping[str, Path]) -> None:
+        state = official_vision_state(self.config, sources["vision"])
         self.vision.load_state_dict(state, strict=True)
 
     def load_pretrained_vision(self, folder: str | Path) -> None:

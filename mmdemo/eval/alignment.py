@@ -1,7 +1,10 @@
 """How well a generated image matches its prompt, for the Text → Image panels.
 
 * Full weights: **CLIP score**, ``100 * max(cos(image, text), 0)`` with open_clip ViT-B-32 (openai),
-  the torchmetrics convention (Hessel et al. 2021 use a weight of 2.5 instead of 100).
+  the torchmetrics convention (Hessel et al. 2021 use a weight of 2.5 instead of 100). OpenAI's CLIP
+  was trained with QuickGELU (``x * sigmoid(1.702 x)``), so the network is built from open_clip's
+  ``ViT-B-32-quickgelu`` configuration; plain ``ViT-B-32`` (GELU) would run the same weights through
+  a different activation and give a slightly wrong score.
 * Demo weights: **ShapesEval**, the fraction of the prompt's colour / shape / position that a
   classical judge finds in the image (the tiny models only know Shapes prompts, where CLIP says little).
 
@@ -13,12 +16,38 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from mmdemo.registry import CLIP_SCORE_SOURCE
-from mmdemo.weights import checkpoint_root, find_source
+from mmdemo.weights import WeightsUnavailable, fetch_source
 
 log = logging.getLogger(__name__)
+
+# OpenAI's weights need QuickGELU; open_clip turns it on for the "openai" tag or a "-quickgelu" config only.
+CLIP_MODEL_NAME = "ViT-B-32-quickgelu"
+# The weights files the score's source may hold, safest first; never a config or any other open_clip_* file.
+CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def clip_weights_file(folder: Path) -> Path:
+    """The CLIP weights file in ``folder``: safetensors when present, else the pickle (read with weights_only)."""
+    for name in CLIP_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"none of {', '.join(CLIP_WEIGHT_FILES)} in {folder}")
+
+
+def build_clip(weights_file: Path | None) -> tuple[Any, Any, Any]:
+    """(model, preprocess, tokenizer) of OpenAI's ViT-B-32 with QuickGELU; weights loaded strictly and safely."""
+    import open_clip
+
+    from mmdemo.weights import load_state_dict
+
+    model, _, preprocess = open_clip.create_model_and_transforms(CLIP_MODEL_NAME, pretrained=None)
+    if weights_file is not None:
+        model.load_state_dict(load_state_dict(weights_file), strict=True)
+    return model.eval(), preprocess, open_clip.get_tokenizer(CLIP_MODEL_NAME)
 
 
 class ClipScorer:
@@ -32,21 +61,16 @@ class ClipScorer:
     def _load(self) -> tuple[Any, Any, Any] | None:
         with self._lock:
             if self._loaded is None and self._unavailable is None:
-                folder, _, looked = find_source(
-                    CLIP_SCORE_SOURCE, checkpoint_root() / CLIP_SCORE_SOURCE.repo_id, download=True
-                )
-                if folder is None:
-                    self._unavailable = "CLIP weights unavailable: " + "; ".join(looked)
+                try:
+                    folder = fetch_source(None, CLIP_SCORE_SOURCE)
+                except WeightsUnavailable as err:
+                    self._unavailable = "CLIP weights unavailable: " + "; ".join(err.looked_in)
                     return None
-                import open_clip
                 import torch
 
-                files = sorted(folder.glob("open_clip_*"), key=lambda p: p.suffix != ".safetensors")
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    "ViT-B-32", pretrained=str(files[0])
-                )
+                model, preprocess, tokenizer = build_clip(clip_weights_file(folder))
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-                self._loaded = (model.eval().to(device), preprocess, open_clip.get_tokenizer("ViT-B-32"))
+                self._loaded = (model.to(device), preprocess, tokenizer)
             return self._loaded
 
     def __call__(self, image: Any, prompt: str) -> float | None:

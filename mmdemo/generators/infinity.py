@@ -82,6 +82,7 @@ class InfinityGenerator(Generator):
     def build_vae(cls, config: dict[str, Any], device: str = "meta", with_encoder: bool = False):
         import torch
 
+            place_transformer,
         from mmdemo.models.infinity import BSQVAE, BSQVAEConfig
 
         family = _family_config(config)
@@ -103,19 +104,14 @@ class InfinityGenerator(Generator):
         from mmdemo.runtime import default_device
 
         device = device or default_device()
-        if weights.profile == "demo":
+        transformer_file, vae_file = weights["transformer"], weights["vae"]
+        if weights.profile == "demo":  # a demo checkpoint carries its own (tiny) configuration
             from mmdemo.weights import read_config
 
-            folder = weights.folder
-            config = read_config(folder)
-            transformer_file, vae_file = folder / "transformer.safetensors", folder / "vae.safetensors"
+            config = read_config(transformer_file.parent)
             build_config = {k: v for k, v in config.items() if k != "t5"} | {"t5": config.get("t5")}
         else:
-            folder = None
-            config = dict(spec.full_config)
-            transformer_file = weights.paths[0] / "infinity_2b_reg.pth"
-            vae_file = weights.paths[1] / "infinity_vae_d32reg.pth"
-            build_config = config
+            build_config = dict(spec.full_config)
         family = _family_config(build_config)
         transformer = cls.build_network(build_config, device="meta")
         state = read_checkpoint(transformer_file)
@@ -123,7 +119,7 @@ class InfinityGenerator(Generator):
             transformer, state, what=str(transformer_file), ignored_keys=TRANSFORMER_IGNORED_KEYS, assign=True
         )
         del state
-        transformer = transformer.float().to(device)
+        transformer = place_transformer(transformer, device)
         vae = cls.build_vae(build_config, device="meta", with_encoder=False)
         raw = vae_state_from_file(read_checkpoint(vae_file))
         raw = unwrap_plain_vae_names(raw, set(vae.state_dict()))
@@ -131,7 +127,7 @@ class InfinityGenerator(Generator):
         load_strict(vae, raw, what=str(vae_file), ignored_prefixes=("encoder.",), assign=True)
         vae = vae.float().to(device)
         generator = cls(spec, weights, family, transformer, vae, device)
-        generator._text_folder = folder if folder is not None else weights.paths[2]
+        generator._text_folder = weights["text_encoder"]
         return generator
 
     # ------------------------------------------------------------------ text
@@ -158,8 +154,10 @@ class InfinityGenerator(Generator):
         else:
             from transformers import AutoTokenizer, T5EncoderModel
 
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
-            dtype = torch.bfloat16 if str(self.device).startswith("cuda") else torch.float32
+            # As upstream: the legacy SentencePiece behaviour the model was trained with, fp16 on GPUs
+            # (transformers keeps T5's overflow-prone feed-forward output layers in fp32 by itself).
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=True)
+            dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
             encoder = T5EncoderModel.from_pretrained(str(folder), dtype=dtype)
         self._tokenizer, self._text_encoder = tokenizer, encoder.to(self.device).eval().requires_grad_(False)
         return self._tokenizer, self._text_encoder

@@ -414,8 +414,10 @@ def _fp16_fix_vae_folder(repo_id: str) -> Path | None:
     from mmdemo.registry import HubFiles
 
     source = HubFiles(repo_id, ("diffusion_pytorch_model.safetensors", "config.json"), role="fp16-safe VAE")
-    found, _, _ = weights.find_source(source, weights.checkpoint_root() / repo_id, download=True)
-    return found
+    try:
+        return weights.fetch_source(None, source)
+    except weights.WeightsUnavailable:
+        return None  # optional: the pipeline's own VAE is used (upcast to fp32 for decoding)
 
 
 # ---------------------------------------------------------------------------------------------- the adapter
@@ -476,18 +478,7 @@ class SDXLGenerator(Generator):
     @staticmethod
     def _locate(spec: ModelSpec, weights: ResolvedWeights, config: SDXLConfig) -> tuple[Path, Path | None]:
         """(base pipeline folder, LoRA file or None) for a resolved spec."""
-        wants_lora = config.lora_rank is not None
-        if weights.profile == "full":
-            lora = weights.paths[1] / LORA_WEIGHT_NAME if wants_lora else None
-            return weights.paths[0], lora
-        folder = weights.folder
-        if not wants_lora:
-            return folder, None
-        # A demo LoRA folder names its base model id in config.json; the base resolves as a demo model itself.
-        from mmdemo.weights import resolve
-
-        base_id = read_config(folder).get("base_model", "sdxl-base")
-        return resolve(base_id, "demo").folder, folder / LORA_WEIGHT_NAME
+        return weights["pipeline"], (weights["lora"] if config.lora_rank is not None else None)
 
     def to(self, device: str) -> SDXLGenerator:
         self.device = device

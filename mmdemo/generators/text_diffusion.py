@@ -41,13 +41,9 @@ class TextDiffusionGenerator(Generator):
         cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None
     ) -> TextDiffusionGenerator:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if weights.profile == "demo":
-            own = weights.folder
-            text_dir, tokenizer_dir = own / TEXT_ENCODER_DIR, own / TOKENIZER_DIR
-        else:  # sources: the frozen text encoder's Hub repo, then our own weights
-            text_dir = tokenizer_dir = weights.paths[0]
-            own = weights.paths[1]
-        return cls.from_folder(spec, weights, own, text_dir, tokenizer_dir, device=device)
+        return cls.from_folder(
+            spec, weights, weights["model"], weights["text_encoder"], weights["tokenizer"], device=device
+        )
 
     @classmethod
     def from_folder(

@@ -134,10 +134,28 @@ def load_strict(
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` or safetensors, on the CPU (see :func:`mmdemo.weights.load_state_dict`)."""
+    """``torch.load(weights_only=True, mmap=True)`` or safetensors, on the CPU.
+
+    Memory-mapped, as upstream loads it: the 8.8 GB transformer file is paged in tensor by tensor while it is
+    copied to its device, never held whole in RAM next to the model (see :func:`mmdemo.weights.load_state_dict`).
+    """
     from mmdemo.weights import load_state_dict
 
-    return load_state_dict(path)
+    return load_state_dict(path, mmap=True)
+
+
+def place_transformer(transformer: nn.Module, device: str | torch.device) -> nn.Module:
+    """The transformer on ``device`` in the precision upstream runs it.
+
+    On a GPU the transformer blocks are cast to bf16 (half the 8.8 GB of fp32 weights), the embeddings, the
+    head and the norms outside the blocks stay fp32, and sampling runs under bf16 autocast, as upstream's
+    ``load_transformer`` does. On the CPU everything stays fp32 (no fast bf16 kernels there).
+    """
+    transformer = transformer.float()
+    if torch.device(device).type == "cuda":
+        for block in transformer.blocks:
+            block.to(dtype=torch.bfloat16)  # cast on the CPU first: only bf16 bytes travel to the GPU
+    return transformer.to(device)
 
 
 def vae_state_from_file(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
