@@ -84,17 +84,32 @@ def test_train_reload_and_evaluate(shapes_dir, tmp_path, monkeypatch, capsys):
             "all",
             "--limit",
             "6",
-            "--out",
-            str(tmp_path / "caps.csv"),
+            "--out-dir",
+            str(tmp_path / "eval"),
+            "--metrics",
+            "bleu,rouge_l,cider",  # METEOR's Java start-up alone takes 10-30 s: tests/test_caption_metrics.py
+            "--resamples",
+            "50",
         ]
     )
     result = evaluate_captioner.main(args)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed == json.loads((demo / "eval_shapes.json").read_text())
-    assert set(printed) >= {"bleu1", "bleu2", "bleu3", "bleu4", "n", "seconds_per_image"}
+    # The record goes to the run's folder; the shipped one next to the weights is left alone ...
+    assert printed == json.loads((tmp_path / "eval" / "eval_shapes.json").read_text())
+    assert not (demo / "eval_shapes.json").exists()
+    assert set(printed) >= {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "n", "seconds_per_image"}
+    assert printed["command"].startswith("python train/evaluate_captioner.py") and printed["seed"] == 0
+    for key in ("bleu4", "rouge_l", "cider"):
+        low, high = printed["intervals"][key]
+        assert low <= printed[key] <= high, key
     assert result["n"] == 6 and 0 <= result["bleu4"] <= result["bleu1"] <= 100
-    assert (tmp_path / "caps.csv").read_text().splitlines()[0] == "image,caption"
-    assert len((tmp_path / "caps.csv").read_text().splitlines()) == 7
+    captions = (tmp_path / "eval" / "captions.csv").read_text().splitlines()
+    assert captions[0] == "image,caption" and len(captions) == 7
+    # ... unless asked to replace it.
+    args.update_shipped, args.json_out = True, tmp_path / "elsewhere.json"
+    again = evaluate_captioner.main(args)
+    assert json.loads((demo / "eval_shapes.json").read_text()) == again
+    assert json.loads((tmp_path / "elsewhere.json").read_text()) == again
 
 
 def test_resume_repeats_and_loses_no_step(shapes_dir, tmp_path):
