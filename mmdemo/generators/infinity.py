@@ -215,6 +215,7 @@ class InfinityGenerator(Generator):
         from PIL import Image
 
         from mmdemo.inputs import InputError
+        from mmdemo.models.guards import check_finite
         from mmdemo.models.infinity import SamplingOptions, sample_codes
         from mmdemo.models.infinity.schedules import describe_template, get_schedule
 
@@ -269,8 +270,11 @@ class InfinityGenerator(Generator):
                 rope_grid=schedule.rope_grid,
                 negative=negative,
                 progress=progress,
+                model_name=self.spec.id,
             )
-            pixels = self.vae.decode(codes.float())
+            pixels = check_finite(
+                self.vae.decode(codes.float()), model=self.spec.id, where="in the VAE decoder's pixels"
+            )
         array = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         image = Image.fromarray(array, mode="RGB")
         image.info["mmdemo_notices"] = notices

@@ -39,6 +39,7 @@ from mmdemo.models.diffusion.text import (
     load_text_encoder,
     load_tokenizer,
 )
+from mmdemo.models.guards import check_finite
 
 if TYPE_CHECKING:
     from mmdemo.models.diffusion.sampling import ResolvedRequest
@@ -232,6 +233,7 @@ class LatentDiffusionGenerator(TextDiffusionGenerator):
         return sample_latent_images(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
             steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
+            model_name=self.spec.id,
         )  # fmt: skip
 
 
@@ -247,8 +249,12 @@ def sample_latent_images(
     guidance: float,
     preset: str,
     progress: ProgressCallback | None = None,
+    model_name: str = "latent-diffusion",
 ) -> tuple[list[Any], list[bool]]:
-    """Images for ``prompts`` (one batch, one generator seeded with ``seed``); shared with training."""
+    """Images for ``prompts`` (one batch, one generator seeded with ``seed``); shared with training.
+
+    Raises :class:`~mmdemo.models.guards.NonFiniteOutput` rather than return a picture made from NaN.
+    """
     config = model.config
     device = next(model.unet.parameters()).device
     cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
@@ -263,6 +269,7 @@ def sample_latent_images(
     latents = guided_sample(
         lambda x, t, states, mask: unet(x, t, encoder_hidden_states=states).sample,
         scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
-        progress=progress,
+        progress=progress, model_name=model_name,
     )  # fmt: skip
-    return to_pil(model.decode(latents)), cond.truncated
+    pixels = check_finite(model.decode(latents), model=model_name, where="in the VQ-VAE decoder's pixels")
+    return to_pil(pixels), cond.truncated

@@ -201,6 +201,7 @@ class PixelDiffusionGenerator(TextDiffusionGenerator):
         sampled = sample_pixels(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
             steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
+            model_name=self.spec.id,
         )  # fmt: skip
         return sampled.images, sampled.truncated
 
@@ -223,8 +224,12 @@ def sample_pixels(
     guidance: float,
     preset: str,
     progress: ProgressCallback | None = None,
+    model_name: str = "pixel-diffusion",
 ) -> Sampled:
-    """Images for ``prompts`` (one batch, one generator seeded with ``seed``). Used by the adapter and training."""
+    """Images for ``prompts`` (one batch, one generator seeded with ``seed``). Used by the adapter and training.
+
+    Raises :class:`~mmdemo.models.guards.NonFiniteOutput` rather than return a picture made from NaN.
+    """
     config = model.config
     device = next(model.denoiser.parameters()).device
     cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
@@ -239,5 +244,6 @@ def sample_pixels(
         lambda x, t, states, mask: denoiser(x, t, states, mask),
         scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
         cond_mask=cond.attention_mask, uncond_mask=uncond.attention_mask, progress=progress,
+        model_name=model_name,
     )  # fmt: skip
     return Sampled(to_pil(sample), cond.truncated)

@@ -133,6 +133,17 @@ SDXL_TEXT_ENCODER_2_CONFIG: dict[str, Any] = dict(  # OpenCLIP ViT-bigG/14 text 
     hidden_act="gelu",
     projection_dim=1280,
 )
+SDXL_SCHEDULER_CONFIG: dict[str, Any] = dict(  # stabilityai/stable-diffusion-xl-base-1.0 scheduler/
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    interpolation_type="linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+    use_karras_sigmas=False,
+)
 
 # The demo-size pipeline: same classes, numbers small enough to train on one CPU core in minutes.
 TINY_TOKENIZER_MERGES = 2000  # the first BPE merges of CLIP's vocabulary: covers every Shapes word
@@ -503,6 +514,9 @@ class SDXLGenerator(Generator):
     ) -> Image.Image:
         import torch
 
+        from mmdemo.models.diffusion.sampling import distinct_timesteps
+        from mmdemo.models.guards import check_finite
+
         checked_prompt = check_prompt(prompt)
         checked_negative = check_negative_prompt(negative_prompt)
         seed = check_seed(seed).value
@@ -528,6 +542,12 @@ class SDXLGenerator(Generator):
         def on_step_end(
             _pipe: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]
         ) -> dict[str, Any]:
+            # A NaN latent would come out as a black picture with no message; stop with one instead.
+            check_finite(
+                callback_kwargs["latents"],
+                model=self.spec.id,
+                where=f"at step {step + 1} of {steps} (timestep {int(_timestep)}, the latents)",
+            )
             if progress is not None:
                 progress(step + 1, steps)
             return callback_kwargs
@@ -540,17 +560,23 @@ class SDXLGenerator(Generator):
                 self.shared.report_scheduler if preset == "report" else self.shared.fast_scheduler
             )
             generator = torch.Generator(device="cpu").manual_seed(seed)  # CPU noise: same image on any device
+            # diffusers' own grid repeats or overruns timesteps at some step counts (see distinct_timesteps).
+            custom = distinct_timesteps(pipe.scheduler, steps)
+            timing = dict(num_inference_steps=steps) if custom is None else dict(timesteps=custom)
             with torch.inference_mode():
-                image = pipe(
+                pixels = pipe(
                     prompt=checked_prompt.value,
                     negative_prompt=checked_negative.value or None,
-                    num_inference_steps=steps,
                     guidance_scale=guidance,
                     width=width,
                     height=height,
                     generator=generator,
                     callback_on_step_end=on_step_end,
-                ).images[0]
+                    output_type="pt",
+                    **timing,
+                ).images
+            check_finite(pixels, model=self.spec.id, where="in the VAE decoder's pixels")
+            image = pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(pixels))[0]
         image.info["mmdemo_notices"] = notices
         image.info["mmdemo_seed"] = seed
         return image

@@ -18,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+
+from mmdemo.models.guards import check_finite
 
 FAST_MAX_DEFAULT_STEPS = 25
 PRESET_SCHEDULERS = {"report": "DDPMScheduler", "fast": "DPMSolverMultistepScheduler"}
@@ -63,6 +66,43 @@ def make_scheduler(preset: str, config: Any, *, clip_sample: bool) -> Any:
     raise ValueError(f"unknown preset {preset!r}; choose 'fast' or 'report'")
 
 
+def distinct_timesteps(scheduler: Any, steps: int) -> list[int] | None:
+    """None when ``scheduler``'s own grid for ``steps`` steps is sound, else ``steps`` timesteps that are.
+
+    Sound: ``steps`` timesteps, strictly decreasing, all in ``[0, T)``. diffusers' spacings break that at some
+    step counts: "linspace" rounds ``steps + 1`` evenly spaced points over ``[0, T - 1]``, so at ``steps == T``
+    (1000 of 1000) two round to the same timestep; "leading" (SDXL's) collapses every timestep to one as soon
+    as ``steps >= T``; "trailing" (our demo SDXL's) makes one timestep too many at some counts (61 of 1000),
+    the last being -1. A repeated timestep is a step of size zero, which DPM-Solver++ divides by, and the
+    picture becomes NaN. The replacement is ``steps`` distinct timesteps evenly spaced from ``T - 1`` down to 0
+    (every training timestep once at ``steps == T``), which is what a sampler asked for that many steps means.
+    Sound grids are kept, so pictures at every other step count stay the same. (Sets ``scheduler``'s
+    timesteps as a side effect.)
+    """
+    total = int(scheduler.config.num_train_timesteps)
+    if steps > total:
+        raise ValueError(f"{steps} steps need {steps} distinct timesteps; this model has {total}")
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    if (
+        len(timesteps) == steps
+        and bool((timesteps[1:] < timesteps[:-1]).all())
+        and 0 <= float(timesteps.min())
+        and float(timesteps.max()) < total
+    ):
+        return None
+    return np.linspace(total - 1, 0, steps).round().astype(np.int64).tolist()
+
+
+def set_distinct_timesteps(scheduler: Any, steps: int, device: Any = None) -> None:
+    """``scheduler.set_timesteps(steps)`` without a repeated timestep (see :func:`distinct_timesteps`)."""
+    custom = distinct_timesteps(scheduler, steps)
+    if custom is None:
+        scheduler.set_timesteps(steps, device=device)
+    else:
+        scheduler.set_timesteps(timesteps=custom, device=device)
+
+
 @torch.no_grad()
 def guided_sample(
     denoise: DenoiseFn,
@@ -77,14 +117,17 @@ def guided_sample(
     cond_mask: torch.Tensor | None = None,
     uncond_mask: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    model_name: str = "the diffusion model",
 ) -> torch.Tensor:
     """Run ``scheduler`` for ``steps`` steps with classifier-free guidance; returns the clean sample.
 
     ``guidance`` g mixes the two predictions as ``uncond + g * (cond - uncond)``: 1 is the plain conditional
-    model, 0 the unconditional one. At g == 1 the unconditional pass is skipped.
+    model, 0 the unconditional one. At g == 1 the unconditional pass is skipped. A NaN or infinity in the
+    network's prediction or the scheduler's update raises :class:`~mmdemo.models.guards.NonFiniteOutput`
+    naming ``model_name`` and the step.
     """
     device = cond.device
-    scheduler.set_timesteps(steps, device=device)
+    set_distinct_timesteps(scheduler, steps, device)
     # Noise comes from the call's own generator on the CPU, so a seed gives the same image on any device.
     sample = (
         torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * scheduler.init_noise_sigma
@@ -100,7 +143,10 @@ def guided_sample(
             mask = None if cond_mask is None else torch.cat([uncond_mask, cond_mask])
             pred_uncond, pred_cond = denoise(model_in, t.expand(2 * shape[0]), states, mask).chunk(2)
             pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+        at = f"at step {i + 1} of {len(timesteps)} (timestep {int(t)}"
+        check_finite(pred, model=model_name, where=f"{at}, the network's prediction)")
         sample = scheduler.step(pred, t, sample, generator=generator).prev_sample
+        check_finite(sample, model=model_name, where=f"{at}, the {type(scheduler).__name__} update)")
         if progress is not None:
             progress(i + 1, len(timesteps))
     return sample

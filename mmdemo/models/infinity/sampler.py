@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mmdemo.models.guards import check_finite
 from mmdemo.models.infinity.bsq_vae import upsample_codes
 from mmdemo.models.infinity.transformer import Infinity
 
@@ -99,6 +100,7 @@ def sample_codes(
     rope_grid: tuple[int, int] | None = None,
     negative: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    model_name: str = "infinity-2b",
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Draw one image's codes per prompt.
 
@@ -107,6 +109,8 @@ def sample_codes(
         scales: the (h, w) grids, coarse to fine, first (1, 1).
         negative: features and mask of a negative prompt (B, T', Ct), used instead of the learned empty
             prompt for the unconditional half of guidance.
+        model_name: named in the :class:`~mmdemo.models.guards.NonFiniteOutput` raised when a scale's logits
+            hold NaN or infinity (bits drawn from them would be meaningless).
     Returns:
         summed codes (B, d, H, W) for the VAE decoder, and the sampled bits of each scale [(B, h, w, d)].
     """
@@ -150,6 +154,7 @@ def sample_codes(
         logits = model.logits(out, cond) / options.tau  # (bs, n, 2d)
         if guided:
             logits = options.cfg * logits[:B] + (1.0 - options.cfg) * logits[B:]
+        check_finite(logits, model=model_name, where=f"at scale {k + 1} of {len(scales)} ({h}x{w}, the logits)")
         bits = sample_from_logits(logits.view(B, n, d, 2), generator, options.top_k, options.top_p)
         bits = bits.view(B, h, w, d)
         all_bits.append(bits)
