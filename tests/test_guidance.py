@@ -21,6 +21,7 @@ class ScriptedScheduler:
     """The scheduler surface ``guided_sample`` uses; records each prediction and keeps the sample."""
 
     init_noise_sigma = 1.0
+    config = type("Config", (), {"num_train_timesteps": 1000})()  # read to check the timestep grid
 
     def __init__(self) -> None:
         self.predictions: list[torch.Tensor] = []
