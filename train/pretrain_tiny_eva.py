@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdemo.captioners.qformer import VISION_PRESETS, _pil_to_tensor, vision_config
+from mmdemo.training.plots import Curve, plot_loss_curves
 
 STATE_DIR = "state"
 TRAIN_STATE = "train_state.json"
@@ -64,23 +65,6 @@ class SceneProbe(nn.Module):
     def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         hidden = self.vision_model(pixel_values=pixels).last_hidden_state  # (B, 1 + patches, width)
         return list(self.head(hidden).split(self.sizes, dim=-1))
-
-
-def plot_loss_curve(path: Path, history: list[list[float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if history:
-        ax.plot(*zip(*history), lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean attribute cross-entropy")
-    ax.set_title("tiny EVA ViT pretraining on Shapes scenes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -220,7 +204,12 @@ def main(args: argparse.Namespace) -> dict:
         }
         save_file(state_dict, str(args.out / "model.safetensors"))
         (args.out / "config.json").write_text(json.dumps(result, indent=1) + "\n")
-        plot_loss_curve(args.out / "loss_curve.png", state["history"])
+        plot_loss_curves(
+            args.out / "loss_curve.png",
+            [Curve("train", *zip(*state["history"]), smooth=False)] if state["history"] else [],
+            ylabel="mean attribute cross-entropy",
+            title="tiny EVA ViT pretraining on Shapes scenes",
+        )
         print(json.dumps(result))
     accelerator.end_training()
     return result

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from mmdemo.captioners.qformer import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config
+from mmdemo.training.plots import Curve, plot_loss_curves
 
 STATE_DIR = "state"
 TRAIN_STATE = "train_state.json"
@@ -72,24 +73,6 @@ def make_batch(
             1,
         )
     return {"input_ids": ids, "attention_mask": mask, "labels": target}
-
-
-def plot_loss_curve(path: Path, history: list[list[float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if history:
-        steps, losses = zip(*history)
-        ax.plot(steps, losses, lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("LM loss (caption tokens)")
-    ax.set_title("tiny Llama pretraining on Shapes captions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -241,7 +224,12 @@ def main(args: argparse.Namespace) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(str(args.out))
         tokenizer.save_pretrained(str(args.out))
-        plot_loss_curve(args.out / "loss_curve.png", state["history"])
+        plot_loss_curves(
+            args.out / "loss_curve.png",
+            [Curve("train", *zip(*state["history"]), smooth=False)] if state["history"] else [],
+            ylabel="LM loss (caption tokens)",
+            title="tiny Llama pretraining on Shapes captions",
+        )
         (args.out / "train_log.json").write_text(json.dumps({**result, "history": state["history"]}) + "\n")
         print(json.dumps(result))
     accelerator.end_training()

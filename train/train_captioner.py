@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from mmdemo.captioners.base import CaptionNetwork, Features, features_cat, features_index, features_to
+from mmdemo.training.plots import Curve, plot_loss_curves
 
 STATE_DIR = "state"
 TRAIN_STATE = "train_state.json"
@@ -174,31 +175,11 @@ def load_or_compute_features(
 
 
 def plot_loss_curve(path: Path, history: list[list[float]], val_history: list[list[float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if history:
-        steps, losses = zip(*history)
-        ax.plot(steps, losses, lw=0.6, alpha=0.5, label="train (per step)")
-        window = max(1, len(losses) // 50)
-        smooth = [
-            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-            for i in range(len(losses))
-        ]
-        ax.plot(steps, smooth, lw=1.5, label=f"train (mean of {window})")
+    curves = [Curve("train", *zip(*history))] if history else []
     if val_history:
         steps, losses = zip(*[(s, v) for s, _, v in val_history])
-        ax.plot(steps, losses, "o-", label="validation (per epoch)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        curves.append(Curve("validation (per epoch)", steps, losses, smooth=False, style="o-"))
+    plot_loss_curves(path, curves, ylabel="cross-entropy")
 
 
 def mixed_precision(choice: str) -> str:

@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -49,15 +48,14 @@ from mmdemo.models.infinity import (
 from mmdemo.models.infinity.loading import save_demo_checkpoint
 from mmdemo.models.infinity.schedules import get_schedule
 from mmdemo.registry import get_spec
+from mmdemo.training import set_threads
+from mmdemo.training.checkpoints import checkpoint_step, last_checkpoint
+from mmdemo.training.plots import Curve, plot_loss_curves
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def set_threads() -> None:
-    torch.set_num_threads(int(os.environ.get("MMDEMO_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))))
 
 
 def load_shapes(folder: Path, image_size: int) -> tuple[torch.Tensor, list[list[str]]]:
@@ -97,31 +95,6 @@ def previous_losses(path: Path, start: int) -> list[float]:
     if start == 0 or not path.is_file():
         return []
     return json.loads(path.read_text())[:start]
-
-
-def plot_losses(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
-    for ax, (name, values) in zip(axes[0], curves.items()):
-        ax.plot(values, lw=0.8)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def last_checkpoint(out: Path, phase: str) -> tuple[Path | None, int]:
-    folders = sorted(
-        (p for p in (out / "checkpoints").glob(f"{phase}-*") if p.is_dir()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    return (folders[-1], int(folders[-1].name.split("-")[-1])) if folders else (None, 0)
 
 
 # ------------------------------------------------------------------------------------------ args
@@ -177,8 +150,9 @@ def train_vae(args, fam: InfinityFamilyConfig, images: torch.Tensor, accelerator
     vae, opt = accelerator.prepare(vae, opt)
     start = 0
     if args.resume:
-        folder, start = last_checkpoint(args.out, "vae")
+        folder = last_checkpoint(args.out / "checkpoints", prefix="vae-")
         if folder is not None:
+            start = checkpoint_step(folder, prefix="vae-")
             accelerator.load_state(str(folder))
             logger.info("resumed VAE from %s", folder)
     losses = previous_losses(args.out / "vae_losses.json", start)
@@ -258,8 +232,9 @@ def train_transformer(args, fam: InfinityFamilyConfig, vae: BSQVAE, images, capt
     model, opt = accelerator.prepare(model, opt)
     start = 0
     if args.resume:
-        folder, start = last_checkpoint(args.out, "transformer")
+        folder = last_checkpoint(args.out / "checkpoints", prefix="transformer-")
         if folder is not None:
+            start = checkpoint_step(folder, prefix="transformer-")
             accelerator.load_state(str(folder))
             logger.info("resumed transformer from %s", folder)
     losses = previous_losses(args.out / "transformer_losses.json", start)
@@ -333,12 +308,13 @@ def main(args: argparse.Namespace) -> None:
         vae.load_state_dict(load_file(str(vae_file)))
         t5, infinity = train_transformer(args, fam, vae, images, captions, tokenizer, accelerator)
         if accelerator.is_main_process:
-            curves = {}
+            curves = []
             for name in ("vae", "transformer"):
                 path = args.out / f"{name}_losses.json"
                 if path.is_file():
-                    curves[name] = json.loads(path.read_text())
-            plot_losses(curves, args.out / "loss.png")
+                    values = json.loads(path.read_text())
+                    curves.append(Curve(name, range(len(values)), values, smooth=False))
+            plot_loss_curves(args.out / "loss.png", curves, log_y=True, separate=True)
             final = write_demo(args.out, fam, vae, t5, infinity, tokenizer)
             (final / "loss.png").write_bytes((args.out / "loss.png").read_bytes())
             logger.info("demo checkpoint written to %s", final)

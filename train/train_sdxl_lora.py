@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from mmdemo.generators.sdxl import LORA_TARGET_MODULES, LORA_WEIGHT_NAME, encode_tokens, lora_config, tokenize
+from mmdemo.training.checkpoints import last_checkpoint, prune_checkpoints
+from mmdemo.training.plots import Curve, plot_loss_curves
 
 DEFAULT_PRETRAINED = "stabilityai/stable-diffusion-xl-base-1.0"
 METADATA_FILE = "metadata.csv"
@@ -196,11 +197,6 @@ def load_lora_into(unet: Any, folder: Path) -> None:
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing:
         raise ValueError(f"checkpoint {folder} lacks LoRA keys: {missing[:5]}")
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 # ---------------------------------------------------------------------------------------------- caching
@@ -389,7 +385,7 @@ def main(args: argparse.Namespace) -> Path:
     checkpoint = (
         None
         if args.resume == "none"
-        else latest_checkpoint(args.out)
+        else last_checkpoint(args.out)
         if args.resume == "latest"
         else Path(args.resume)
     )
@@ -501,39 +497,10 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def write_loss(out: Path, losses: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     (out / "loss.json").write_text(json.dumps(losses) + "\n")
-    if not losses:
-        return
-    steps = [r["step"] for r in losses]
-    values = [r["loss"] for r in losses]
-    window = max(1, len(values) // 20)
-    smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, values, alpha=0.35, label="loss")
-    ax.plot(steps[window - 1 :], smooth, label=f"mean of {window}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("diffusion loss (MSE)")
-    ax.set_title("SDXL LoRA training")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "loss_curve.png", dpi=100)
-    plt.close(fig)
-
-
-def prune_checkpoints(out: Path, limit: int | None) -> None:
-    if limit is None:
-        return
-    found = sorted(
-        (p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    for old in found[:-limit]:
-        shutil.rmtree(old)
+    if losses:
+        curve = Curve("loss", [r["step"] for r in losses], [r["loss"] for r in losses])
+        plot_loss_curves(out / "loss_curve.png", [curve], ylabel="diffusion loss (MSE)", title="SDXL LoRA training")
 
 
 def write_config(args: argparse.Namespace, n_examples: int, accelerator: Any) -> None:

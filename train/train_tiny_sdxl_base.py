@@ -45,6 +45,7 @@ from mmdemo.generators.sdxl import (
     tokenize,
 )
 from mmdemo.training import set_threads
+from mmdemo.training.plots import Curve, plot_loss_curves
 
 
 def load_pictures(data: Path, resolution: int) -> tuple[torch.Tensor, list[list[str]]]:
@@ -156,25 +157,6 @@ def train_denoiser(pipe, latents: tuple[torch.Tensor, torch.Tensor], captions, a
     modules.eval()
 
 
-def plot_log(log: list[dict], path: Path) -> None:
-    """VAE reconstruction MSE and denoiser loss against step, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, phase, key in ((axes[0], "vae", "mse"), (axes[1], "unet", "loss")):
-        rows = [r for r in log if r["phase"] == phase]
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker=".")
-        ax.set_title(f"{phase}: {key}")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -236,7 +218,12 @@ def main(args: argparse.Namespace) -> None:
         pipe, args.out, description={"trained_by": command, "training_pictures": len(pictures)}
     )
     (args.out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    plot_log(log, args.out / "loss_curve.png")
+    curves = [
+        Curve(f"{phase}: {key}", [r["step"] for r in rows], [r[key] for r in rows], smooth=False, style=".-")
+        for phase, key in (("vae", "mse"), ("unet", "loss"))
+        if (rows := [r for r in log if r["phase"] == phase])
+    ]
+    plot_loss_curves(args.out / "loss_curve.png", curves, log_y=True, separate=True)
     print(f"saved {args.out}")
 
 

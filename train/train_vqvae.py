@@ -44,16 +44,14 @@ from mmdemo.models.diffusion.training import (
     make_accelerator,
     plot_curves,
     process_record,
-    resume_point,
-    save_checkpoint,
     save_grid,
-    save_history,
     save_weights,
     step_generator,
     write_run_record,
 )
 from mmdemo.registry import get_spec
 from mmdemo.training import set_threads, time_is_up
+from mmdemo.training.checkpoints import resume_point, save_checkpoint, save_history
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"

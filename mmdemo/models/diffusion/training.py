@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CHECKPOINT_PREFIX = "checkpoint-"
+from mmdemo.training.checkpoints import resume_point, save_checkpoint, save_history
+from mmdemo.training.plots import Curve, plot_loss_curves
+
 logger = logging.getLogger(__name__)
 
 
@@ -140,97 +141,19 @@ def cosine_with_warmup(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-<step>`` folder in ``output_dir``, or None."""
-    folder = Path(output_dir)
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
-        if (m := re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", p.name))
-    ]
-    return max(found)[1] if found else None
-
-
-def checkpoint_step(path: Path) -> int:
-    return int(path.name[len(CHECKPOINT_PREFIX) :])
-
-
-def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
-    folder = Path(output_dir)
-    found = sorted((checkpoint_step(p), p) for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir())
-    import shutil
-
-    for _, path in found[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def resume_point(accelerator: Any, output_dir: Path, resume_from: str | None) -> tuple[int, list[dict]]:
-    """Load ``--resume-from-checkpoint`` ('latest' or a checkpoint folder) into ``accelerator``.
-
-    Returns the first step still to run and the history up to it ((0, []) when there is nothing to resume).
-    """
-    if not resume_from:
-        return 0, []
-    path = last_checkpoint(output_dir) if resume_from == "latest" else Path(resume_from)
-    if path is None:
-        logger.info("no checkpoint in %s; starting from scratch", output_dir)
-        return 0, []
-    accelerator.load_state(str(path))
-    start = checkpoint_step(path)
-    logger.info("resumed from %s at step %d", path, start)
-    return start, [h for h in load_history(path) if h["step"] < start]
-
-
-def save_checkpoint(accelerator: Any, output_dir: Path, done: int, history: list[dict], keep: int) -> None:
-    """``checkpoint-<done>/``: the full accelerate state and the history; only the newest ``keep`` stay."""
-    folder = output_dir / f"{CHECKPOINT_PREFIX}{done}"
-    accelerator.save_state(str(folder))
-    if accelerator.is_main_process:
-        save_history(folder, history)
-        prune_checkpoints(output_dir, keep)
-
-
 def write_run_record(output_dir: Path, args: Any, summary: dict[str, Any]) -> None:
     """``training_args.json``: every argument of the run and its summary, so a model card can quote both."""
     args_json = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (output_dir / "training_args.json").write_text(json.dumps({**args_json, **summary}, indent=1))
 
 
-def save_history(output_dir: Path, history: list[dict[str, float]]) -> None:
-    (output_dir / "history.json").write_text(json.dumps(history))
-
-
-def load_history(output_dir: Path) -> list[dict[str, float]]:
-    path = output_dir / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
 def plot_curves(
     history: list[dict[str, float]], path: Path, keys: tuple[str, ...] = ("loss",), title: str = ""
 ) -> None:
-    """Loss curves (raw and a running mean) over steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    """Loss curves (raw and a running mean) of ``keys`` in ``history`` over steps, log scale, as a PNG."""
     steps = [h["step"] for h in history]
-    for key in keys:
-        values = [h.get(key, float("nan")) for h in history]
-        if not any(math.isfinite(v) for v in values):
-            continue
-        ax.plot(steps, values, alpha=0.3, lw=0.8)
-        window = max(1, len(values) // 50)
-        smooth = np.convolve(np.nan_to_num(values), np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1 :], smooth, label=key)
-    ax.set_xlabel("step")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    curves = [Curve(key, steps, [h.get(key, float("nan")) for h in history]) for key in keys]
+    plot_loss_curves(path, curves, title=title, log_y=True)
 
 
 def save_grid(

@@ -1,4 +1,5 @@
-"""What every training script shares: its thread count, its accelerator and its ``--max-minutes`` stop."""
+"""What every training script shares: threads, accelerator, ``--max-minutes`` stop; checkpoints and plots in
+the submodules (:mod:`mmdemo.training.checkpoints`, :mod:`mmdemo.training.plots`)."""
 
 from __future__ import annotations
 
