@@ -193,9 +193,9 @@ class TextToBits(torch.nn.Module):
         super().__init__()
         self.t5, self.infinity = t5, infinity
 
-    def forward(self, ids, mask, inputs, scales):
+    def forward(self, ids, mask, inputs, scales, rope_grid):
         text = self.t5(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.infinity(text, mask.bool(), inputs, scales)
+        return self.infinity(text, mask.bool(), inputs, scales, rope_grid)
 
 
 def train_transformer(args, fam: InfinityFamilyConfig, vae: BSQVAE, images, captions, tokenizer, accelerator):
@@ -256,7 +256,10 @@ def train_transformer(args, fam: InfinityFamilyConfig, vae: BSQVAE, images, capt
         keep = int(mask.sum(1).max())
         dev = accelerator.device
         with accelerator.autocast():
-            logits = model(ids[:, :keep].to(dev), mask[:, :keep].to(dev), inputs_all[img].to(dev), scales)
+            # The demo's sampler spreads RoPE over its own largest grid (schedule.rope_grid); train the same way.
+            logits = model(
+                ids[:, :keep].to(dev), mask[:, :keep].to(dev), inputs_all[img].to(dev), scales, schedule.rope_grid
+            )
             B, L, _ = logits.shape
             loss = F.cross_entropy(logits.float().view(B * L * d, 2), targets[img].to(dev).view(-1))
         opt.zero_grad(set_to_none=True)

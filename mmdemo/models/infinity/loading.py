@@ -11,6 +11,8 @@ its reason:
   checked; when it does not, the constructed value stays.
 * ``encoder.*`` of the VAE file when the decoder-only VAE is built for generation (the encoder is only
   needed to train; see ``ignored_prefixes``).
+* ``quantize.*`` of the VAE file: the official VAE saves its quantiser under two names, and the copy is
+  dropped once it is checked to equal ``quantizer.*`` (:func:`drop_quantizer_alias`).
 
 The VAE file keeps its state dict under ``"vae"`` with the convolutions and norms one level down
 (``decoder.conv_in.conv.weight``); plain names (``decoder.conv_in.weight``) are accepted too.
@@ -159,10 +161,44 @@ def place_transformer(transformer: nn.Module, device: str | torch.device) -> nn.
 
 
 def vae_state_from_file(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The official VAE file holds ``{"vae": state_dict, ...}``; our demo file is the state dict itself."""
+    """The official VAE file holds ``{"vae": state_dict, ...}``; our demo file is the state dict itself.
+
+    The quantiser's second name is dropped here (:func:`drop_quantizer_alias`), for every VAE load.
+    """
     if "vae" in raw and isinstance(raw["vae"], dict):
-        return raw["vae"]
-    return raw
+        raw = raw["vae"]
+    return drop_quantizer_alias(raw)
+
+
+QUANTIZER_ALIAS, QUANTIZER = "quantize.", "quantizer."
+
+
+def drop_quantizer_alias(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the ``quantize.*`` copies of ``quantizer.*`` tensors that the official VAE saves.
+
+    Upstream's VAE registers its quantiser under two names (``self.quantize = self.quantizer``), so a state dict
+    saved from it holds ``quantize.lfq.mask`` as well as ``quantizer.lfq.mask``. A copy is dropped only when its
+    original is in ``state`` with the same shape and values; a ``quantize.*`` key that is anything else is an
+    error, and every other unexpected key is still reported by :func:`load_strict`.
+    """
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(QUANTIZER_ALIAS):
+            out[key] = value
+            continue
+        original = QUANTIZER + key[len(QUANTIZER_ALIAS) :]
+        if original not in state:
+            raise CheckpointMismatch(f"VAE state dict: {key} has no original {original} it could be a copy of")
+        twin = state[original]
+        same = (
+            isinstance(value, torch.Tensor)
+            and isinstance(twin, torch.Tensor)
+            and value.shape == twin.shape
+            and torch.equal(value.cpu(), twin.cpu())
+        )
+        if not same:
+            raise CheckpointMismatch(f"VAE state dict: {key} differs from {original}; it must be the same tensor")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ T5

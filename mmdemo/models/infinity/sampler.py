@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from mmdemo.models.guards import check_finite
 from mmdemo.models.infinity.bsq_vae import upsample_codes
+from mmdemo.models.infinity.schedules import full_size_rope_grid
 from mmdemo.models.infinity.transformer import Infinity
 
 
@@ -107,6 +108,7 @@ def sample_codes(
     Args:
         text / text_mask: T5 features (B, T, Ct) and their mask (B, T).
         scales: the (h, w) grids, coarse to fine, first (1, 1).
+        rope_grid: grid the RoPE positions are spread over (default: the template's 1M grid, as upstream).
         negative: features and mask of a negative prompt (B, T', Ct), used instead of the learned empty
             prompt for the unconditional half of guidance.
         model_name: named in the :class:`~mmdemo.models.guards.NonFiniteOutput` raised when a scale's logits
@@ -127,7 +129,7 @@ def sample_codes(
         text, text_mask = torch.cat((text, un_text)), torch.cat((text_mask, un_mask))
     cond, gss, ca_kv = model.encode_text(text, text_mask)
     device = cond.device
-    cos, sin = model.rope_for(scales, rope_grid or scales[-1], device)
+    cos, sin = model.rope_for(scales, rope_grid or full_size_rope_grid(scales), device)
     caches: list[dict[str, torch.Tensor]] | None = [{} for _ in model.blocks] if options.use_cache else None
 
     final = scales[-1]

@@ -208,6 +208,24 @@ def get_schedule(
     return Schedule(template, table[:count], table[largest - 1], stride)
 
 
+def full_size_rope_grid(scales: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The grid the official model spreads RoPE positions over for ``scales``: its template's 1M grid.
+
+    Upstream builds one RoPE table per template from the template's 1M schedule (its 13th scale) and looks it
+    up for every budget of that template, so a 0.06M picture uses the positions of the matching 1M patches.
+    ``scales`` must be the start of exactly one template's table (every official schedule is).
+    """
+    scales = tuple(tuple(s) for s in scales)
+    matches = [table[-1] for table in TEMPLATES.values() if table[: len(scales)] == scales]
+    if len(matches) != 1:
+        found = "no" if not matches else f"{len(matches)}"
+        raise ValueError(
+            f"scales {list(scales)} begin {found} template tables; pass rope_grid explicitly "
+            "(Schedule.rope_grid from get_schedule)"
+        )
+    return matches[0]
+
+
 def parse_aspect_ratio(
     value: str | float | None, width: int | None = None, height: int | None = None
 ) -> float:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmdemo.models.infinity.schedules import full_size_rope_grid
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -43,19 +45,26 @@ def rope_angles(
     Half of each head's rotated pairs encode the row, half the column. A scale's (h, w) grid is spread over
     the final grid ``rope_grid`` (row i sits at round(i * H / h)), so a coarse scale and the matching patch of
     a fine scale share positions.
+
+    Everything is computed as the official model computes it, in float32. That decides ties: the position
+    ``i * (H / h)`` is rounded half to even, and in float32 27 * (111 / 54) is exactly 55.5 and rounds to 56,
+    where float64 gives 55.4999... and 55 (a different position for 18 tokens of the 3:1 and 1:3 templates).
+    The angles are float32 products of the position and a float32 frequency, as upstream's table holds them.
     """
     quarter = head_dim // 4
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim // 2, 2, dtype=torch.float64) / (head_dim // 2)))
+    half = head_dim // 2
+    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2, dtype=torch.int64).float() / half))
     big_h, big_w = rope_grid
     rows, cols = [], []
     for h, w in scales:
-        ys = (torch.arange(h, dtype=torch.float64) * (big_h / h)).round()
-        xs = (torch.arange(w, dtype=torch.float64) * (big_w / w)).round()
+        # The Python double H / h is rounded to float32 when it multiplies a float32 tensor, as upstream's does.
+        ys = (torch.arange(h, dtype=torch.float32) * (big_h / h)).round()
+        xs = (torch.arange(w, dtype=torch.float32) * (big_w / w)).round()
         rows.append(ys[:, None].expand(h, w).reshape(-1))
         cols.append(xs[None, :].expand(h, w).reshape(-1))
     ys, xs = torch.cat(rows), torch.cat(cols)
     assert inv_freq.numel() == quarter
-    return torch.cat([ys[:, None] * inv_freq, xs[:, None] * inv_freq], dim=-1).float()
+    return torch.cat([ys[:, None] * inv_freq, xs[:, None] * inv_freq], dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -381,7 +390,8 @@ class Infinity(nn.Module):
             scale_inputs: (B, sum_{k>=1} h_k w_k, d) the summed codes of scales < k resampled to scale k
                 (see :func:`mmdemo.models.infinity.bsq_vae.teacher_forcing_inputs`).
             scales: the schedule, first scale (1, 1).
-            rope_grid: grid the RoPE positions are spread over (default: the last scale).
+            rope_grid: grid the RoPE positions are spread over (default: the template's 1M grid, the last of
+                its 13 scales, as the official model always uses; see :func:`full_size_rope_grid`).
         Returns:
             (B, L, 2d) logits, L = sum of h_k w_k.
         """
@@ -394,6 +404,6 @@ class Infinity(nn.Module):
         x = self.add_level(x, levels)
         # Block-causal: a token sees every token of its own and of coarser scales.
         mask = levels[:, None] >= levels[None, :]
-        rope = self.rope_for(scales, rope_grid or scales[-1], x.device)
+        rope = self.rope_for(scales, rope_grid or full_size_rope_grid(scales), x.device)
         x = self.run_blocks(x, gss, ca_kv, text_mask, rope, mask)
         return self.logits(x, cond)
