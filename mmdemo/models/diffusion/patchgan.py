@@ -1,7 +1,9 @@
 """What diffusers does not ship for training a VQ-VAE: the PatchGAN discriminator, the VQ losses, LPIPS.
 
 * :class:`PatchDiscriminator`: the pix2pix / taming-transformers "NLayer" PatchGAN (Isola et al., 2017):
-  stride-2 4x4 convolutions with BatchNorm and LeakyReLU, one logit per overlapping patch.
+  stride-2 4x4 convolutions with BatchNorm and LeakyReLU, one logit per overlapping patch;
+  :func:`report_discriminator` is the report's shallower variant of it.
+* :func:`hinge_d_loss` / :func:`lsgan_d_loss` / :func:`generator_adversarial_loss`: the two GAN objectives.
 * :func:`quantize`: nearest-codebook lookup done here (not inside ``VQModel``) so the commitment weight is ours
   (the report: 0.2; diffusers' quantiser hard-codes 0.25) and the code indices are at hand for usage stats.
 * :func:`perceptual_loss_or_none`: LPIPS when the ``lpips`` package *and* its VGG weights are available,
@@ -27,25 +29,38 @@ class PatchDiscriminator(nn.Module):
     Args:
         in_channels: image channels.
         width: channels of the first convolution.
-        n_layers: stride-2 layers (3 gives 70x70 receptive fields, pix2pix's default).
+        n_layers: BatchNorm layers after the first convolution (3 gives 70x70 receptive fields, pix2pix's default).
+        last_stride: stride of the last of them (pix2pix: 1, it keeps the resolution).
+        final_bias: whether the logit convolution has a bias.
+        pix2pix_init: N(0, 0.02) convolutions and N(1, 0.02) BatchNorm scales; False keeps torch's defaults.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 64, n_layers: int = 3):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 64,
+        n_layers: int = 3,
+        *,
+        last_stride: int = 1,
+        final_bias: bool = True,
+        pix2pix_init: bool = True,
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         channels = width
         for i in range(1, n_layers + 1):
             out = width * min(2**i, 8)
-            stride = 2 if i < n_layers else 1  # the last one keeps the resolution, as in pix2pix
+            stride = 2 if i < n_layers else last_stride
             layers += [
                 nn.Conv2d(channels, out, 4, stride, 1, bias=False),
                 nn.BatchNorm2d(out),
                 nn.LeakyReLU(0.2, True),
             ]
             channels = out
-        layers.append(nn.Conv2d(channels, 1, 4, 1, 1))
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 1, bias=final_bias))
         self.net = nn.Sequential(*layers)
-        self.apply(_init)
+        if pix2pix_init:
+            self.apply(_init)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)  # (B, 1, h, w) patch logits
@@ -59,8 +74,33 @@ def _init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def report_discriminator(in_channels: int = 3, width: int = 64) -> PatchDiscriminator:
+    """The report's PatchGAN: conv(3 -> 64, stride 2) + LeakyReLU, two stride-2 convs 128/256 with BatchNorm and
+    LeakyReLU, a bias-free 4x4 conv to one logit per patch; torch's default initialisation."""
+    return PatchDiscriminator(in_channels, width, n_layers=2, last_stride=2, final_bias=False, pix2pix_init=False)
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def lsgan_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Least squares towards ``target`` (1: real, 0: fake): mean (D(x) - target)^2."""
+    return F.mse_loss(logits, torch.full_like(logits, target))
+
+
+def lsgan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Least-squares GAN discriminator loss: the mean of (D(real) - 1)^2 and D(fake)^2."""
+    return 0.5 * (lsgan_loss(real_logits, 1.0) + lsgan_loss(fake_logits, 0.0))
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The autoencoder's adversarial term: ``-D(fake)`` (hinge) or ``(D(fake) - 1)^2`` (LSGAN)."""
+    if kind == "hinge":
+        return -fake_logits.mean()
+    if kind == "lsgan":
+        return lsgan_loss(fake_logits, 1.0)
+    raise ValueError(f"disc loss must be 'hinge' or 'lsgan', got {kind!r}")
 
 
 def quantize(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
