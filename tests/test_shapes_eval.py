@@ -87,55 +87,61 @@ def test_evaluate_generator_cli_end_to_end(diffusion_assets, tmp_path, monkeypat
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(root))
     script = load_script("evaluate_generator")
     out = tmp_path / "eval"
-    summary = script.main(script.parse_args(["--model", "pixel-diffusion", "--profile", "demo", "--n", "3",
-                                             "--seed", "5", "--steps", "2", "--out", str(out)]))  # fmt: skip
-    assert set(summary) >= {"color_acc", "shape_acc", "position_acc", "seconds_per_image", "n"}
-    assert summary["n"] == 3 and summary["seconds_per_image"] > 0
+    argv = ["--model", "pixel-diffusion", "--profile", "demo", "--n", "3", "--seed", "5", "--steps", "2",
+            "--out", str(out), "--resamples", "50"]  # fmt: skip
+    summary = script.main(script.parse_args(argv))
+    assert set(summary) >= {"color_acc", "shape_acc", "position_acc", "shapes_eval", "seconds_per_image", "n"}
+    assert summary["n"] == 3 and summary["seconds_per_image"] > 0 and summary["steps"] == 2
+    for key in ("color_acc", "shape_acc", "position_acc", "seconds_per_image"):
+        low, high = summary["intervals"][key]
+        assert low <= summary[key] <= high, key
+    assert summary["command"].startswith("python train/evaluate_generator.py") and summary["seed"] == 5
     assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png", "2.png"]
     with (out / "prompts.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["file"] for r in rows] == ["0.png", "1.png", "2.png"]
     assert rows[0]["prompt"] == sample_single_object_prompts(3, 5)[0][0]
-    # Default results file for the demo profile: next to the demo checkpoint, read by the About tab.
-    saved = json.loads((root / "demo" / "pixel-diffusion" / "eval_shapes_fast.json").read_text())
+    # The results go to the run's folder; the shipped record beside the checkpoint changes only on request.
+    saved = json.loads((out / "eval_shapes_fast.json").read_text())
     assert saved["color_acc"] == summary["color_acc"] and len(saved["images"]) == 3
+    shipped = root / "demo" / "pixel-diffusion" / "eval_shapes_fast.json"
+    assert not shipped.exists()
+    script.main(script.parse_args([*argv, "--update-shipped", "--n", "2"]))
+    assert json.loads(shipped.read_text())["n"] == 2
     with pytest.raises(ValueError, match="unknown generator id"):
         script.parse_args(["--model", "resnet18-xattn", "--out", str(out)])
+    with pytest.raises(ValueError, match="--model ID or --models"):
+        script.parse_args(["--out", str(out)])
 
 
-def test_split_evaluation_merges_into_the_single_run(diffusion_assets, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.slow
+def test_two_processes_make_what_one_makes(diffusion_assets, tmp_path, monkeypatch):  # noqa: F811
+    import subprocess
+
+    from _accelerate_launch import two_cpu_processes
+
     root = tmp_path / "ckpt"
     untrained_pixel_checkpoint(root / "demo" / "pixel-diffusion", diffusion_assets["bert"])
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(root))
     script = load_script("evaluate_generator")
+    argv = ["--model", "pixel-diffusion", "--n", "3", "--seeds", "2", "--seed", "5", "--steps", "2",
+            "--resamples", "50"]  # fmt: skip
+    one = script.main(script.parse_args([*argv, "--out", str(tmp_path / "one")]))
+    command, env = two_cpu_processes(script.__file__, *argv, "--out", str(tmp_path / "two"))
+    proc = subprocess.run(command, env={**env, "MMDEMO_CHECKPOINTS": str(root)}, capture_output=True,
+                          text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "eval_shapes_fast.json").read_text())
+    assert two["processes"] == 2 and two["distributed_type"].endswith("MULTI_CPU"), two["distributed_type"]
+    first = json.loads((tmp_path / "one" / "eval_shapes_fast.json").read_text())
+    assert first["processes"] == 1 and one["n"] == 6
 
-    def run(out: str, *extra: str) -> dict:
-        argv = ["--model", "pixel-diffusion", "--seed", "5", "--steps", "2", "--out", str(tmp_path / out),
-                "--json-out", str(tmp_path / f"{out}.json"), *extra]  # fmt: skip
-        script.main(script.parse_args(argv))
-        return json.loads((tmp_path / f"{out}.json").read_text())
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
-    whole = run("whole", "--n", "3")
-    run("split", "--n", "2")
-    run("split", "--n", "1", "--start", "2", "--json-out", str(tmp_path / "split_b.json"))
-    parts = [str(tmp_path / "split.json"), str(tmp_path / "split_b.json")]
-    merged = script.main(
-        script.parse_args(
-            ["--merge", *parts, "--json-out", str(tmp_path / "m.json"), "--out", str(tmp_path / "split")]
-        )
-    )
-    for i in range(3):  # the same pictures as the single run, named by their index in the one sequence
-        a = np.asarray(Image.open(tmp_path / "whole" / f"{i}.png"))
-        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "split" / f"{i}.png")))
-    joined = json.loads((tmp_path / "m.json").read_text())
-    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in joined["images"]]
-    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in whole["images"]]
-    assert merged["n"] == 3 and merged["shape_acc"] == whole["shape_acc"] and len(merged["parts"]) == 2
-    with (tmp_path / "split" / "prompts.csv").open() as handle:
-        assert [r["file"] for r in csv.DictReader(handle)] == ["0.png", "1.png", "2.png"]
-    with pytest.raises(ValueError, match="exactly once"):
-        script.merge_parts([tmp_path / "split.json", tmp_path / "split.json"])
-    with pytest.raises(ValueError, match="--json-out"):
-        script.parse_args(["--merge", *parts])
-    with pytest.raises(ValueError, match="--json-out"):
-        script.parse_args(["--model", "pixel-diffusion", "--out", str(tmp_path), "--start", "2"])
+    assert strip(two["images"]) == strip(first["images"])  # same order, prompts, seeds, files, verdicts
+    for key in ("color_acc", "shape_acc", "position_acc", "shapes_eval"):
+        assert two[key] == first[key] and two["intervals"][key] == first["intervals"][key]
+    for row in first["images"]:
+        a = np.asarray(Image.open(tmp_path / "one" / row["file"]))
+        assert np.array_equal(a, np.asarray(Image.open(tmp_path / "two" / row["file"]))), row["file"]

@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-beams", type=int, default=None)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in the results as the command
     from mmdemo.eval.captions import parse_metrics
 
     args.metrics = parse_metrics(args.metrics)
@@ -165,7 +166,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "options": options,
         "seed": args.seed,
         "bootstrap": scores["bootstrap"],
-        "command": " ".join(["python", "train/evaluate_captioner.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "train/evaluate_captioner.py", *args.argv]),
         "device": str(getattr(captioner, "device", "cpu")),
         "threads": torch.get_num_threads(),
     }
