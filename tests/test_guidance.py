@@ -17,24 +17,20 @@ from mmdemo.models.diffusion.sampling import guided_sample
 COND, UNCOND = 2.0, -1.0  # what the scripted denoiser predicts for the prompt and for the empty prompt
 
 
-class ScriptedScheduler:
-    """The scheduler surface ``guided_sample`` uses; records each prediction and keeps the sample."""
+def recording_scheduler():
+    """A real diffusers scheduler whose ``step`` also records the prediction it was handed."""
+    from diffusers import DDPMScheduler
 
-    init_noise_sigma = 1.0
-    config = type("Config", (), {"num_train_timesteps": 1000})()  # read to check the timestep grid
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    scheduler.predictions = []
+    real_step = scheduler.step
 
-    def __init__(self) -> None:
-        self.predictions: list[torch.Tensor] = []
+    def step(pred, t, sample, *args, **kwargs):
+        scheduler.predictions.append(pred.clone())
+        return real_step(pred, t, sample, *args, **kwargs)
 
-    def set_timesteps(self, steps: int, device=None) -> None:
-        self.timesteps = torch.arange(steps - 1, -1, -1)
-
-    def scale_model_input(self, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sample
-
-    def step(self, pred, t, sample, generator=None):
-        self.predictions.append(pred.clone())
-        return type("Step", (), {"prev_sample": sample})()
+    scheduler.step = step
+    return scheduler
 
 
 class ScriptedDenoiser:
@@ -51,7 +47,7 @@ class ScriptedDenoiser:
 
 
 def _run(guidance: float, batch: int = 2, steps: int = 3):
-    scheduler, denoiser = ScriptedScheduler(), ScriptedDenoiser()
+    scheduler, denoiser = recording_scheduler(), ScriptedDenoiser()
     cond = torch.full((batch, 5, 8), COND)
     uncond = torch.full((batch, 5, 8), UNCOND)
     mask = torch.ones(batch, 5, dtype=torch.bool)

@@ -1,19 +1,22 @@
 """Both ends of every checked input range are accepted, and one step past either end is refused.
 
 The ranges are the ones the README promises: seed 0 to 2^32 - 1, steps 1 to 1000, guidance 0 to 50, prompts
-up to 1000 characters (longer ones cut with a notice), images up to 40 megapixels. An off-by-one at either
-end is a bug a user meets (the top step count of the report's latent model is 1000), so each end is pinned.
+up to 1000 characters (longer ones cut with a notice), images up to 40 megapixels, and every option a model
+declares in the registry (its own minimum and maximum). An off-by-one at either end is a bug a user meets
+(1000 steps is the report's setting for the latent model), so each end is pinned.
 """
 
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from PIL import Image
 
-from mmdemo import inputs
+from mmdemo import inputs, service
 from mmdemo.inputs import InputError
+from mmdemo.registry import GENERATOR_IDS, REGISTRY
 
 
 def _accepts(check, value, contract: str):
@@ -24,46 +27,88 @@ def _accepts(check, value, contract: str):
         pytest.fail(f"input range contract broken: {contract}; {shown} was refused: {err}")
 
 
-# (check, lowest accepted, highest accepted, just below, just above, the message the refusal must carry)
-RANGES = {
-    "seed": (inputs.check_seed, 0, inputs.MAX_SEED, -1, inputs.MAX_SEED + 1, "seed must be between 0 and"),
-    "steps": (inputs.check_steps, 1, inputs.MAX_STEPS, 0, inputs.MAX_STEPS + 1, "steps must be a whole number from 1"),
-    "guidance": (inputs.check_guidance, 0.0, inputs.MAX_GUIDANCE, -1e-6, inputs.MAX_GUIDANCE + 1e-6,
-                 "Guidance must be between 0 and"),
-}
-
-
 def test_the_documented_limits():
-    assert (inputs.MAX_SEED, inputs.MAX_STEPS, inputs.MAX_GUIDANCE) == (2**32 - 1, 1000, 50.0)
-    assert (inputs.MAX_PROMPT_CHARS, inputs.MAX_IMAGE_PIXELS) == (1000, 40_000_000)
+    assert (inputs.MAX_SEED, inputs.MAX_PROMPT_CHARS, inputs.MAX_IMAGE_PIXELS) == (2**32 - 1, 1000, 40_000_000)
+    for model_id in GENERATOR_IDS:
+        for profile in ("full", "demo"):
+            declared = REGISTRY[model_id].options_for(profile)
+            if "steps" in declared:
+                steps = declared["steps"]
+                assert (steps.minimum, steps.maximum) == (1, 1000), (
+                    f"input range contract broken: {model_id} ({profile}) must take 1 to 1000 steps, "
+                    f"declares {steps.minimum} to {steps.maximum}"
+                )
+            guidance = declared["guidance"]
+            assert (guidance.minimum, guidance.maximum) == (0.0, 50.0), (model_id, profile, guidance)
 
 
-@pytest.mark.parametrize("name", list(RANGES))
-def test_both_ends_of_each_range_are_accepted(name):
-    check, low, high, _, _, _ = RANGES[name]
-    contract = f"{name} accepts {low} to {high}, both ends included"
-    assert _accepts(check, low, contract).value == low
-    assert _accepts(check, high, contract).value == high
+def test_seed_range_both_ends_and_one_past():
+    contract = "seed accepts 0 to 2^32 - 1, both ends included"
+    assert _accepts(inputs.check_seed, 0, contract).value == 0
+    assert _accepts(inputs.check_seed, inputs.MAX_SEED, contract).value == inputs.MAX_SEED
+    for past in (-1, inputs.MAX_SEED + 1):
+        with pytest.raises(InputError, match=f"seed must be between 0 and {inputs.MAX_SEED}, got {past}"):
+            inputs.check_seed(past)
 
 
-@pytest.mark.parametrize("name", list(RANGES))
-@pytest.mark.parametrize("end", ["below", "above"])
-def test_one_past_either_end_is_refused_with_the_range_named(name, end):
-    check, _, _, below, above, message = RANGES[name]
-    with pytest.raises(InputError, match=message):
-        check(below if end == "below" else above)
+def _numeric_options():
+    """(model, profile, option) for every number a model declares, under both profiles."""
+    for model_id, spec in REGISTRY.items():
+        for profile in ("full", "demo"):
+            for option in spec.options_for(profile).values():
+                if option.type in ("int", "float") and (option.minimum is not None or option.maximum is not None):
+                    yield pytest.param(spec, option, id=f"{model_id}-{profile}-{option.name}")
 
 
-def test_steps_at_the_top_pass_the_shared_request_check():
-    """The whole request path (one check for every model) lets 1000 steps through, and refuses 1001."""
-    from mmdemo import service
+def _one_step(option) -> float:
+    return option.step or (1 if option.type == "int" else 1e-6)
 
-    settings = service.check_generate_settings("a red circle", 0, steps={"latent-diffusion": 1000})
-    assert settings.steps == {"latent-diffusion": 1000}, (
+
+@pytest.mark.parametrize("spec, option", list(_numeric_options()))
+def test_every_declared_number_takes_both_ends_and_refuses_one_past(spec, option):
+    def check(value):
+        return inputs.check_option(option, value, spec.display_name)
+
+    contract = f"{spec.id} {option.name} accepts {option.minimum} to {option.maximum}, both ends included"
+    for end in (option.minimum, option.maximum):
+        if end is not None:
+            assert _accepts(check, end, contract) == end
+    step = _one_step(option)
+    for past in (
+        None if option.minimum is None else option.minimum - step,
+        None if option.maximum is None else option.maximum + step,
+    ):
+        if past is None:
+            continue
+        with pytest.raises(InputError, match=rf"^{re.escape(spec.display_name)}: {option.name} must be .*, got "):
+            check(past)
+
+
+def _choice_options():
+    for model_id, spec in REGISTRY.items():
+        for option in spec.options_for("full").values():
+            if option.type == "choice":
+                yield pytest.param(spec, option, id=f"{model_id}-{option.name}")
+
+
+@pytest.mark.parametrize("spec, option", list(_choice_options()))
+def test_every_declared_choice_is_accepted_and_nothing_else(spec, option):
+    for choice in option.choices:
+        assert _accepts(lambda v: inputs.check_option(option, v, spec.display_name), choice, "a declared choice") == choice
+    with pytest.raises(InputError, match=rf"{option.name} must be one of"):
+        inputs.check_option(option, "not-a-choice", spec.display_name)
+
+
+def test_steps_at_the_top_pass_the_whole_request_check():
+    """The request path the app uses (one check for every model) lets 1000 steps through, and refuses 1001."""
+    settings = service.check_generate_settings(
+        "a red circle", 0, options={"latent-diffusion": {"steps": 1000}}, profiles="demo"
+    )
+    assert settings.requests["latent-diffusion"]["steps"] == 1000, (
         "input range contract broken: 1000 steps (the latent model's report setting) must reach the model"
     )
-    with pytest.raises(InputError, match="steps must be a whole number from 1 to 1000"):
-        service.check_generate_settings("a red circle", 0, steps={"latent-diffusion": 1001})
+    with pytest.raises(InputError, match="steps must be a whole number from 1 to 1000, got 1001"):
+        service.check_generate_settings("a red circle", 0, options={"latent-diffusion": {"steps": 1001}}, profiles="demo")
 
 
 def test_prompt_length_limit_is_inclusive():

@@ -6,33 +6,42 @@ into another model's panel, or a picture lost because the judge failed, shows up
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PIL import Image
 
 from mmdemo import service
+from mmdemo.interfaces import GenerationResult, Generator
+from mmdemo.registry import get_spec
 from mmdemo.runtime import ModelManager
+from mmdemo.weights import ResolvedWeights
 
 PROMPT_WITH_CONTROL_CHARS = "a red\x00 circle"
 PROMPT_NOTICE = "Control characters were removed from the prompt."
 
 
-class ScriptedGenerator:
-    """Draws a flat picture and attaches its own notices, as the real adapters do through ``image.info``."""
+class ScriptedGenerator(Generator):
+    """Draws a flat picture and reports its own notices, through the same interface as the real adapters."""
 
-    def __init__(self, colour: tuple[int, int, int], notices: list[str]):
+    def __init__(self, model_id: str, colour: tuple[int, int, int], notices: list[str]):
+        self.spec = get_spec(model_id)
+        self.weights = ResolvedWeights.demo(self.spec, Path("scripted"))
+        self.device = "cpu"
         self.colour = colour
         self.notices = notices
-        self.weights = type("Weights", (), {"profile": "demo"})()
 
-    def generate(self, prompt, *, seed, **options):
-        image = Image.new("RGB", (8, 8), self.colour)
-        image.info["mmdemo_notices"] = list(self.notices)
-        return image
+    @classmethod
+    def load(cls, spec, weights, *, device=None):
+        raise NotImplementedError("built directly by the test")
+
+    def sample(self, request, progress):
+        return GenerationResult(Image.new("RGB", (8, 8), self.colour), notices=list(self.notices))
 
 
 MODELS = {
-    "pixel-diffusion": ScriptedGenerator((255, 0, 0), ["pixel-diffusion draws 32x32 images only."]),
-    "latent-diffusion": ScriptedGenerator((0, 0, 255), ["latent-diffusion: prompt cut to 24 tokens."]),
-    "sdxl-base": ScriptedGenerator((0, 255, 0), []),
+    "pixel-diffusion": ScriptedGenerator("pixel-diffusion", (255, 0, 0), ["pixel-diffusion draws 32x32 only."]),
+    "latent-diffusion": ScriptedGenerator("latent-diffusion", (0, 0, 255), ["latent-diffusion: prompt cut."]),
+    "sdxl-base": ScriptedGenerator("sdxl-base", (0, 255, 0), []),
 }
 
 
@@ -41,7 +50,7 @@ def _manager() -> ModelManager:
 
 
 def _generate(scorer=None):
-    settings = service.check_generate_settings(PROMPT_WITH_CONTROL_CHARS, 5, "fast")
+    settings = service.check_generate_settings(PROMPT_WITH_CONTROL_CHARS, 5, "fast", profiles="demo")
     assert settings.notices == [PROMPT_NOTICE]
     results = list(service.generate_images(_manager(), settings, list(MODELS), scorer=scorer))
     return settings, results
@@ -51,8 +60,8 @@ def test_each_record_carries_the_request_notices_and_only_its_own_model_notices(
     settings, results = _generate()
     notices = {model_id: record.notices for model_id, _, record in results}
     assert notices == {
-        "pixel-diffusion": [PROMPT_NOTICE, "pixel-diffusion draws 32x32 images only."],
-        "latent-diffusion": [PROMPT_NOTICE, "latent-diffusion: prompt cut to 24 tokens."],
+        "pixel-diffusion": [PROMPT_NOTICE, "pixel-diffusion draws 32x32 only."],
+        "latent-diffusion": [PROMPT_NOTICE, "latent-diffusion: prompt cut."],
         "sdxl-base": [PROMPT_NOTICE],
     }, "per-panel notices contract broken: a panel shows the request's notices and its own model's, no other's"
     assert settings.notices == [PROMPT_NOTICE], "generating must not change the request's own notices"
@@ -65,7 +74,8 @@ def test_records_are_whole_and_independent():
         assert isinstance(record.pop("seconds"), float)
     assert records == [
         {"model": model_id, "seed": 5, "weights": "demo", "score": 0.75, "score_name": "ShapesEval",
-         "error": None, "notices": [PROMPT_NOTICE, *MODELS[model_id].notices]}
+         "error": None, "notices": [PROMPT_NOTICE, *MODELS[model_id].notices],
+         "settings": {"seed": 5, "preset": "fast"}}
         for model_id in MODELS
     ]
     assert [image.getpixel((0, 0)) for _, image, _ in results] == [m.colour for m in MODELS.values()]

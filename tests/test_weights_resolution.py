@@ -60,9 +60,10 @@ def _write_demo(root: Path, model_id: str, *, config: bool = True, tensors: bool
         _write_file(folder / "config.json")
     if tensors:
         _write_file(folder / "model.safetensors")
-    if config and tensors:  # a complete copy also holds the sub-folders its loader reads (text encoder, ...)
-        for relative in get_spec(MODEL).demo_layout.values():
-            (folder / relative).mkdir(exist_ok=True)
+    # A copy also holds the sub-folders its loader reads (text encoder, tokenizer): a half-written one lacks only
+    # the file left out above.
+    for relative in get_spec(model_id).demo_layout.values():
+        (folder / relative).mkdir(exist_ok=True)
     return folder
 
 
@@ -95,11 +96,12 @@ def test_auto_falls_back_to_demo_when_a_real_source_is_incomplete(root):
 )
 def test_a_half_written_demo_folder_is_not_resolved(root, missing, present):
     folder = _write_demo(root, MODEL, config=missing != "config", tensors=missing != "weights")
-    assert sorted(p.name for p in folder.iterdir()) == [present]
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    assert files == [present]
     with pytest.raises(weights.WeightsUnavailable) as info:
         resolved = weights.resolve(MODEL, "demo")
         pytest.fail(
-            f"demo-weights contract broken: a folder with only {present} resolved as {resolved}; "
+            f"demo-weights contract broken: a folder whose only file is {present} resolved as {resolved}; "
             "config.json and *.safetensors are both required"
         )
     message = str(info.value)
