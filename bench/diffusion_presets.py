@@ -65,8 +65,9 @@ def main(args: argparse.Namespace) -> list[dict]:
         fast = time_preset(generator, prompts, "fast", args.seed)
         report_prompts = prompts[: args.report_n_latent] if model_id == "latent-diffusion" else prompts
         report = time_preset(generator, report_prompts, "report", args.seed)
+        steps = generator.spec.options_for(generator.weights.profile)["steps"]
         row = {"model": model_id, "profile": generator.weights.profile, "device": device,
-               "fast_steps": generator.spec.defaults["fast_steps"], "report_steps": generator.spec.defaults["steps"],
+               "fast_steps": steps.default, "report_steps": steps.report_default,
                "fast_s_per_image": round(fast, 3), "report_s_per_image": round(report, 3),
                "report_over_fast": round(report / fast, 2), "n_fast": len(prompts), "n_report": len(report_prompts)}  # fmt: skip
         for preset in ("fast", "report"):

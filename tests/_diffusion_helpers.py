@@ -140,7 +140,7 @@ def check_shipped_generator(model_id: str, *, color: float, shape: float, n: int
     cosine, pair = closest_word_pair(generator.tokenizer, generator.model.text_encoder, SHAPES, max_length)
     assert cosine < 0.6, f"the shipped text encoder hardly tells {pair} apart (cosine {cosine:.2f})"
     prompts = [prompt for prompt, _ in sample_single_object_prompts(n, seed=4242, image_size=32)]
-    judged = [judge(generator.generate(p, seed=4242 + i, preset="fast"), p) for i, p in enumerate(prompts)]
+    judged = [judge(generator.generate(p, seed=4242 + i, preset="fast").image, p) for i, p in enumerate(prompts)]
     fresh = accuracies(judged)
     # n = 8 is coarse (one picture = 0.125), so the fresh check allows two misses below the target.
     assert fresh["color_acc"] >= color - 0.25 and fresh["shape_acc"] >= shape - 0.25, fresh

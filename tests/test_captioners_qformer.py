@@ -262,7 +262,9 @@ def test_llama_generate_uses_the_report_settings(monkeypatch):
         return scripted
 
     monkeypatch.setattr(network.llm, "generate", fake_generate)
-    out = network.generate(features, **get_spec("qformer-tinyllama").defaults)
+    decoding = get_spec("qformer-tinyllama").option_defaults("demo")
+    decoding.pop("batch_size")  # the adapter's, not the network's
+    out = network.generate(features, **decoding)
     assert out == ["a red circle."] * 2  # cut at the end of the first sentence
     assert seen["repetition_penalty"] == 1.5 and seen["max_new_tokens"] == 30 and seen["do_sample"] is False
     assert network.newline_id in seen["eos_token_id"] and tok.eos_token_id in seen["eos_token_id"]
@@ -360,7 +362,7 @@ def _reload_and_caption(model_id: str, out: Path, root: Path, monkeypatch, data:
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(root))
     captioner = mmdemo.load_captioner(model_id, profile="demo", device="cpu")
     pictures = sorted((data / "Images").glob("*.png"))[:2]
-    return captioner.caption([str(p) for p in pictures])
+    return [result.caption for result in captioner.caption([str(p) for p in pictures])]
 
 
 @pytest.mark.slow

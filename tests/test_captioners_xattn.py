@@ -222,9 +222,10 @@ def test_save_load_roundtrip_fp16_and_caption(tmp_path, monkeypatch):
         Image.new("RGB", (1, 1)),
         Image.new("P", (64, 64)),
     ]
-    captions = captioner.caption(images, batch_size=3)
+    captions = [r.caption for r in captioner.caption(images, batch_size=3)]
     assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
-    assert captioner.caption(images[:2]) == captioner.caption(images[:2], batch_size=1)
+    default_batch = [r.caption for r in captioner.caption(images[:2])]
+    assert default_batch == [r.caption for r in captioner.caption(images[:2], batch_size=1)]
 
 
 def test_bad_input_is_a_clear_error():

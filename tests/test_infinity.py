@@ -402,18 +402,20 @@ def random_generator(random_demo_root):
 def test_generator_demo_roundtrip_and_determinism(random_generator):
     a = random_generator.generate("a small red circle on the left", seed=3)
     b = random_generator.generate("a small red circle on the left", seed=3)
-    assert a.size == (32, 32) and a.mode == "RGB"
-    assert np.array_equal(np.asarray(a), np.asarray(b))
-    assert a.info["mmdemo_settings"]["scales"] == 5 and a.info["mmdemo_notices"] == []
+    assert a.image.size == (32, 32) and a.image.mode == "RGB"
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.settings["scales"] == 5 and a.notices == []
+    assert a.settings["pixel_budget"] == "0.06M" and a.settings["guidance"] == 3.0  # CPU default, registry cfg
 
 
 def test_generator_aspect_ratio_snaps_with_notice(random_generator):
-    image = random_generator.generate("a red circle", seed=0, aspect_ratio="16:9", steps=30)
-    notices = " ".join(image.info["mmdemo_notices"])
-    assert "nearest one, 7:4" in notices and "steps ignored" in notices
-    assert image.size == (44, 24)  # the 7:4 table's fifth scale is 6x11 tokens of 4 px
+    result = random_generator.generate("a red circle", seed=0, aspect_ratio="16:9", steps=30)
+    notices = " ".join(result.notices)
+    assert "nearest one, 7:4" in notices and "no option 'steps'" in notices and "pixel budget" in notices
+    assert result.image.size == (44, 24)  # the 7:4 table's fifth scale is 6x11 tokens of 4 px
+    assert result.settings["aspect_ratio"] == "7:4"
     exact = random_generator.generate("a red circle", seed=0, aspect_ratio="3:4")
-    assert not any("nearest" in n for n in exact.info["mmdemo_notices"])
+    assert not any("nearest" in n for n in exact.notices)
 
 
 def test_generator_options_and_free_text_encoder(random_generator):
@@ -430,9 +432,10 @@ def test_generator_options_and_free_text_encoder(random_generator):
         unknown_knob=1,
     )
     assert random_generator._text_encoder is None  # freed, reloaded on the next call
-    assert any("unknown_knob" in n for n in image.info["mmdemo_notices"])
+    assert any("unknown_knob" in n for n in image.notices)
+    assert image.settings["guidance"] == 1.0 and image.settings["top_k"] == 1  # cfg: guidance's other name
     again = random_generator.generate("a red circle", seed=0)
-    assert again.size == (32, 32) and random_generator._text_encoder is not None
+    assert again.image.size == (32, 32) and random_generator._text_encoder is not None
 
 
 @pytest.mark.parametrize(
@@ -445,9 +448,9 @@ def test_generator_options_and_free_text_encoder(random_generator):
         (dict(top_p=2), "top_p"),
         (dict(top_k=0.5), "top_k"),
         (dict(cfg=float("nan")), "guidance"),
-        (dict(guidance=99), "Guidance"),
-        (dict(pixel_budget="4M"), "pixel budget"),
-        (dict(aspect_ratio="wide"), "aspect ratio"),
+        (dict(guidance=99), "guidance must be a finite number from 0 to 50, got 99"),
+        (dict(pixel_budget="4M"), "pixel_budget"),
+        (dict(aspect_ratio="wide"), "aspect_ratio"),
         (dict(width=-3, height=10), "width"),
         (dict(preset="slow"), "preset"),
     ],
@@ -480,7 +483,7 @@ def test_full_profile_loading_path_with_tiny_files(tmp_path):
     gen = _generator_class().load(spec, weights, device="cpu")
     assert torch.equal(gen.transformer.head.weight, model.head.weight)
     assert not hasattr(gen.vae, "encoder")
-    assert gen.generate("a red circle", seed=0).size == (32, 32)
+    assert gen.generate("a red circle", seed=0).image.size == (32, 32)
     state = model.state_dict()
     state.pop("head.bias")
     torch.save(state, tmp_path / "t" / "infinity_2b_reg.pth")
@@ -503,7 +506,7 @@ def test_shipped_demo_loads_and_draws_the_asked_colours():
     assert sum(p.stat().st_size for p in DEMO.iterdir()) < 20 * 2**20
     gen = mmdemo.load_generator("infinity-2b", profile="demo", device="cpu")
     prompts = [p for p, _ in sample_single_object_prompts(8, seed=2024)]
-    correct = sum(judge(gen.generate(p, seed=i), p).color_ok for i, p in enumerate(prompts))
+    correct = sum(judge(gen.generate(p, seed=i).image, p).color_ok for i, p in enumerate(prompts))
     assert correct >= 5, f"{correct}/8 colours right"
 
 
@@ -536,6 +539,6 @@ def test_training_script_end_to_end_resume_and_reload(tmp_path, monkeypatch):
     shutil.copytree(out / "final", tmp_path / "ckpt" / "demo" / "infinity-2b")
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path / "ckpt"))
     gen = mmdemo.load_generator("infinity-2b", profile="demo", device="cpu")
-    assert gen.generate("a small red circle on the left", seed=0).size == (32, 32)
+    assert gen.generate("a small red circle on the left", seed=0).image.size == (32, 32)
     with pytest.raises(ValueError, match="captions.txt"):
         script.parse_args(["--data", str(tmp_path), "--out", str(out)])

@@ -82,9 +82,9 @@ def generator(diffusion_assets, tmp_path_factory, monkeypatch_module):  # noqa: 
 
 def test_loads_and_is_deterministic_per_seed(generator):
     assert isinstance(generator, LatentDiffusionGenerator)
-    a = generator.generate("a yellow diamond at the bottom", seed=11, steps=3)
-    b = generator.generate("a yellow diamond at the bottom", seed=11, steps=3)
-    c = generator.generate("a yellow diamond at the bottom", seed=12, steps=3)
+    a = generator.generate("a yellow diamond at the bottom", seed=11, steps=3).image
+    b = generator.generate("a yellow diamond at the bottom", seed=11, steps=3).image
+    c = generator.generate("a yellow diamond at the bottom", seed=12, steps=3).image
     assert a.size == (32, 32)
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
@@ -92,13 +92,12 @@ def test_loads_and_is_deterministic_per_seed(generator):
 
 def test_report_preset_and_progress(generator):
     seen = []
-    image = generator.generate(
+    result = generator.generate(
         "a red circle", seed=2, preset="report", steps=3, progress=lambda i, n: seen.append(i)
     )
-    assert seen == [1, 2, 3] and image.info["mmdemo_preset"] == "report"
-    assert (
-        generator.generate("a red circle", seed=2).info["mmdemo_steps"] == MODEL_SPEC.defaults["fast_steps"] <= 25
-    )
+    assert seen == [1, 2, 3] and result.settings["preset"] == "report"
+    fast_steps = MODEL_SPEC.options_for("demo")["steps"].default
+    assert generator.generate("a red circle", seed=2).settings["steps"] == fast_steps <= 25
 
 
 def test_mismatched_weights_fail_loudly(generator, tmp_path):
@@ -137,10 +136,10 @@ def test_bad_inputs(generator, kwargs):
 
 
 def test_long_prompt_truncated_with_notice(generator):
-    image = generator.generate("a blue square near the top edge " * 20, seed=4, steps=2)
-    assert any("32 tokens" in n for n in image.info["mmdemo_notices"])
+    result = generator.generate("a blue square near the top edge " * 20, seed=4, steps=2)
+    assert any("32 tokens" in n for n in result.notices)
     emoji = generator.generate("🙂 a red 🎨 circle", seed=4, steps=2)
-    assert emoji.size == (32, 32)
+    assert emoji.image.size == (32, 32)
 
 
 def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, monkeypatch):

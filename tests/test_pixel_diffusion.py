@@ -92,9 +92,9 @@ def test_loads_through_public_api_fp16_back_to_fp32(generator):
 
 
 def test_same_seed_same_image_other_seed_other_image(generator):
-    a = generator.generate("a red circle on the left", seed=7, steps=3)
-    b = generator.generate("a red circle on the left", seed=7, steps=3)
-    c = generator.generate("a red circle on the left", seed=8, steps=3)
+    a = generator.generate("a red circle on the left", seed=7, steps=3).image
+    b = generator.generate("a red circle on the left", seed=7, steps=3).image
+    c = generator.generate("a red circle on the left", seed=8, steps=3).image
     assert a.size == (32, 32) and a.mode == "RGB"
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
@@ -108,13 +108,14 @@ def test_same_seed_same_image_other_seed_other_image(generator):
 
 def test_report_preset_uses_ddpm_and_defaults(generator):
     seen = []
-    image = generator.generate("a green square at the top", seed=1, preset="report", steps=4,
-                               progress=lambda i, n: seen.append((i, n)))  # fmt: skip
+    result = generator.generate("a green square at the top", seed=1, preset="report", steps=4,
+                                progress=lambda i, n: seen.append((i, n)))  # fmt: skip
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
-    assert image.info["mmdemo_preset"] == "report" and image.info["mmdemo_steps"] == 4
+    assert result.settings["preset"] == "report" and result.settings["steps"] == 4
     fast = generator.generate("a green square at the top", seed=1, steps=None, guidance=None)
-    assert fast.info["mmdemo_steps"] == MODEL_SPEC.defaults["fast_steps"] <= 25
-    assert fast.info["mmdemo_guidance"] == MODEL_SPEC.defaults["guidance"]
+    declared = MODEL_SPEC.options_for("demo")
+    assert fast.settings["steps"] == declared["steps"].default <= 25
+    assert fast.settings["guidance"] == declared["guidance"].default
 
 
 @pytest.mark.parametrize(
@@ -131,9 +132,8 @@ def test_report_preset_uses_ddpm_and_defaults(generator):
         (dict(steps=2.5), "steps"),
         (dict(guidance=float("nan")), "guidance"),
         (dict(guidance=float("inf")), "guidance"),
-        (dict(guidance=-1.0), "Guidance"),
+        (dict(guidance=-1.0), "guidance must be a finite number from 0 to 50, got -1.0"),
         (dict(preset="turbo"), "preset"),
-        (dict(width="wide"), "width"),
     ],
 )
 def test_bad_inputs_get_clear_messages(generator, kwargs, message):
@@ -145,20 +145,22 @@ def test_bad_inputs_get_clear_messages(generator, kwargs, message):
 
 def test_long_weird_prompts_are_cleaned_and_truncated_with_notices(generator):
     long = generator.generate("a red circle " * 800, seed=1, steps=2)  # 10 400 characters
-    notices = long.info["mmdemo_notices"]
+    notices = long.notices
     assert any("1000 characters" in n for n in notices)
     assert any("24 tokens" in n for n in notices)
     weird = generator.generate("a \x00red\x1b[31m circle 🙂🎨 \u200b", seed=1, steps=2)
-    assert any("Control characters" in n for n in weird.info["mmdemo_notices"])
-    other_size = generator.generate("a red circle", seed=1, steps=2, width=512, height=512)
-    assert other_size.size == (32, 32)
-    assert any("32x32" in n for n in other_size.info["mmdemo_notices"])
+    assert any("Control characters" in n for n in weird.notices)
+    # A size is not an option of this model: ignored with a notice that says why, never silently.
+    other_size = generator.generate("a red circle", seed=1, steps=2, width=512, height="wide")
+    assert other_size.image.size == (32, 32)
+    assert any("no option 'width'" in n and "32x32" in n and "512" in n for n in other_size.notices)
+    assert any("no option 'height'" in n and "'wide'" in n for n in other_size.notices)
 
 
 def test_guidance_zero_and_one_are_valid(generator):
     for g in (0.0, 1.0, 50.0):
-        image = generator.generate("a purple diamond", seed=3, steps=2, guidance=g)
-        assert math.isclose(image.info["mmdemo_guidance"], g)
+        result = generator.generate("a purple diamond", seed=3, steps=2, guidance=g)
+        assert math.isclose(result.settings["guidance"], g)
 
 
 def test_full_profile_reads_bert_snapshot_and_our_weights(diffusion_assets, tmp_path, monkeypatch):  # noqa: F811

@@ -60,7 +60,7 @@ def checkpoints(tiny_root, monkeypatch) -> Path:
 
 
 def _pixels(generator, prompt="a small red circle on the left", seed=3, **kw) -> np.ndarray:
-    return np.asarray(generator.generate(prompt, seed=seed, steps=kw.pop("steps", STEPS), **kw))
+    return np.asarray(generator.generate(prompt, seed=seed, steps=kw.pop("steps", STEPS), **kw).image)
 
 
 def test_base_and_lora_share_one_pipeline_and_base_stays_exact(checkpoints):
@@ -81,18 +81,22 @@ def test_base_and_lora_share_one_pipeline_and_base_stays_exact(checkpoints):
 def test_presets_progress_and_notices(checkpoints):
     base = mmdemo.load_generator("sdxl-base", "demo")
     calls: list[tuple[int, int]] = []
-    image = base.generate("a blue square", seed=0, progress=lambda d, n: calls.append((d, n)))
+    result = base.generate("a blue square", seed=0, progress=lambda d, n: calls.append((d, n)))
     assert calls[-1] == (25, 25) and len(calls) == 25  # fast preset default: 25 DPM-Solver steps
     assert type(base.shared.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    assert image.size == (32, 32) and image.info["mmdemo_notices"] == []
+    assert result.image.size == (32, 32) and result.notices == []
+    assert result.settings == dict(seed=0, preset="fast", steps=25, guidance=5.0, width=32, height=32)
     base.generate("a blue square", seed=0, steps=2, preset="report", negative_prompt="a red circle")
     assert type(base.shared.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
     long = base.generate("a small red circle on the left " * 20, seed=0, steps=1)
-    (notice,) = long.info["mmdemo_notices"]
+    (notice,) = long.notices
     assert "75" in notice and "a small red circle" in notice
     assert np.array_equal(
-        np.asarray(long), _pixels(base, "a small red circle on the left " * 30, seed=0, steps=1)
+        np.asarray(long.image), _pixels(base, "a small red circle on the left " * 30, seed=0, steps=1)
     )
+    # An option SDXL does not have is ignored with a notice (the same rule for every model).
+    other = base.generate("a blue square", seed=0, steps=1, pixel_budget="1M")
+    assert any("no option 'pixel_budget'" in n for n in other.notices)
 
 
 BAD_INPUTS = [
@@ -106,7 +110,6 @@ BAD_INPUTS = [
     dict(width=33),
     dict(height=4096),
     dict(preset="best"),
-    dict(pixel_budget="1M"),
 ]
 
 
@@ -116,7 +119,7 @@ def test_bad_inputs_get_clear_messages(checkpoints):
         call = dict(prompt="a red circle", seed=0, steps=1) | kwargs
         with pytest.raises(InputError):
             base.generate(call.pop("prompt"), **call)
-    assert base.generate("a red circle", seed=0, steps=1).size == (32, 32)  # still fine afterwards
+    assert base.generate("a red circle", seed=0, steps=1).image.size == (32, 32)  # still fine afterwards
 
 
 def test_missing_or_corrupt_lora_leaves_base_working(checkpoints, tmp_path, monkeypatch):
@@ -236,8 +239,8 @@ def test_shipped_lora_shifts_the_style_and_keeps_the_prompt(shipped):
                "a green diamond on the right", "a purple circle at the bottom", "an orange square on the left"]  # fmt: skip
     base_frames, lora_frames, colours = [], [], []
     for prompt in prompts:  # the side-by-side sheet's first row (seed 0); measured: 6/6 light, 5/6 dark, 4/6
-        base_frames.append(_border_brightness(base.generate(prompt, seed=0, preset="fast")))
-        image = lora.generate(prompt, seed=0, preset="fast")
+        base_frames.append(_border_brightness(base.generate(prompt, seed=0, preset="fast").image))
+        image = lora.generate(prompt, seed=0, preset="fast").image
         lora_frames.append(_border_brightness(image))
         colours.append(judge(image, prompt).color_ok)
     assert sum(f > 150 for f in base_frames) >= 5, base_frames  # the base draws Shapes' light backgrounds
@@ -265,7 +268,7 @@ def test_tiny_base_script_trains_on_several_styles_and_loads(tmp_path, monkeypat
     assert pipe.vae.config.scaling_factor > 0
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
     sdxl.clear_shared_pipelines()
-    image = mmdemo.load_generator("sdxl-base", "demo").generate("a red circle", seed=0, steps=2)
+    image = mmdemo.load_generator("sdxl-base", "demo").generate("a red circle", seed=0, steps=2).image
     sdxl.clear_shared_pipelines()
     assert image.size == (32, 32)
     with pytest.raises(ValueError, match="captions.txt"):

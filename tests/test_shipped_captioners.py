@@ -42,7 +42,7 @@ def test_shipped_demo_checkpoint_captions_fresh_shapes(model_id, fresh_pictures,
     assert recorded["bleu4"] >= recorded_min and recorded["n"] >= 500, recorded
     corpus = fresh_pictures
     captioner = mmdemo.load_captioner(model_id, profile="demo", device="cpu")
-    hyps = captioner.caption([corpus.open_image(n) for n in corpus.images])
+    hyps = [result.caption for result in captioner.caption([corpus.open_image(n) for n in corpus.images])]
     scores = corpus_bleu_scores(hyps, [corpus.captions[n] for n in corpus.images])
     print(model_id, scores)
     assert scores["bleu4"] >= fresh_min, (scores, hyps[:3])

@@ -106,9 +106,9 @@ def test_train_resume_and_reload(tiny_pipeline, shapes_dir, tmp_path, monkeypatc
     try:
         base = mmdemo.load_generator("sdxl-base", "demo")
         lora = mmdemo.load_generator("sdxl-lora", "demo")
-        first = np.asarray(base.generate("a red circle", seed=0, steps=2))
-        assert not np.array_equal(first, np.asarray(lora.generate("a red circle", seed=0, steps=2)))
-        assert np.array_equal(first, np.asarray(base.generate("a red circle", seed=0, steps=2)))
+        first = np.asarray(base.generate("a red circle", seed=0, steps=2).image)
+        assert not np.array_equal(first, np.asarray(lora.generate("a red circle", seed=0, steps=2).image))
+        assert np.array_equal(first, np.asarray(base.generate("a red circle", seed=0, steps=2).image))
     finally:
         sdxl.clear_shared_pipelines()
 

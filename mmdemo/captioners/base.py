@@ -59,8 +59,8 @@ keys must be exactly the network's state dict.
 ``load(spec, weights, device)`` takes ``weights["captioner"]`` (our checkpoint) and, for full-size
 weights, the frozen parts' folders by component name (``weights["vision"]``, ...); ``caption(images, **options)`` checks and converts each
 image with :func:`mmdemo.inputs.load_image`, then preprocess -> encode_images -> generate in chunks of
-``batch_size`` (option, default 16). A family adds only its network; it may override ``caption`` to
-add options.
+``batch_size``. The decoding options are declared per model in the registry and checked before ``describe``
+runs (:class:`mmdemo.interfaces.Captioner`); a family adds only its network.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from PIL import Image
 
-from mmdemo.interfaces import Captioner
+from mmdemo.interfaces import Captioner, CaptionRequest, CaptionResult
 
 if TYPE_CHECKING:
     from mmdemo.registry import ModelSpec
@@ -279,7 +279,6 @@ class CaptionerAdapter(Captioner):
     """
 
     network_class: ClassVar[type[CaptionNetwork]]
-    default_batch_size: ClassVar[int] = 16
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, network: CaptionNetwork, device: str):
         self.spec = spec
@@ -326,21 +325,14 @@ class CaptionerAdapter(Captioner):
         return self
 
     # --------------------------------------------------------------------- inference
-    def caption(self, images: list[Any], **options: Any) -> list[str]:
-        """One caption per image. ``images``: PIL images, paths, bytes or arrays (checked by
+    def describe(self, images: list[Any], request: CaptionRequest) -> list[CaptionResult]:
+        """One result per image. ``images``: PIL images, paths, bytes or arrays (converted by
         :func:`mmdemo.inputs.load_image`, which raises :class:`~mmdemo.inputs.InputError` with a message for
-        the user). Options: ``batch_size`` plus the network's decoding options (``max_new_tokens``,
-        ``num_beams``, ...; registry defaults apply)."""
-        from mmdemo.inputs import InputError, load_image
+        the user), decoded in chunks of ``batch_size`` with the network's decoding options (checked already)."""
+        from mmdemo.inputs import load_image
 
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        if not images:
-            raise InputError("No image was given: upload, paste or pick an example image.")
-        batch_size = int(options.pop("batch_size", self.default_batch_size))
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        decoding = {**self.spec.defaults, **options}
+        decoding = dict(request.options)
+        batch_size = decoding.pop("batch_size")
         rgb = [load_image(image).value for image in images]
         captions: list[str] = []
         self.network.eval()
@@ -349,4 +341,4 @@ class CaptionerAdapter(Captioner):
                 pixels = self.network.preprocess(rgb[start : start + batch_size]).to(self.device)
                 features = self.network.encode_images(pixels)
                 captions.extend(self.network.generate(features, **decoding))
-        return captions
+        return [CaptionResult(caption, settings=dict(decoding)) for caption in captions]

@@ -5,41 +5,27 @@ decoder used) loaded strictly into our own modules (:mod:`mmdemo.models.infinity
 through transformers' ``T5EncoderModel``. Demo profile: the same classes at tiny size trained on Shapes
 (``train/train_infinity_tiny.py``), with a tiny T5 encoder and a word-level tokenizer.
 
-Model options (``generate(..., **extra)``):
+Its options are declared in the registry (``infinity-2b``) and checked before sampling: ``pixel_budget``
+(``"0.06M"`` 256x256 for 1:1, ``"0.25M"`` 512x512, ``"1M"`` 1024x1024 in 13 scales; default 1M on a GPU, 0.06M
+on a CPU, 1M under the "report" preset), ``guidance`` (cfg on the logits, alias ``cfg``), ``tau``, ``top_p``,
+``top_k``, ``aspect_ratio`` (``"W:H"`` or height/width, else ``height / width`` when both are given; snapped to
+the nearest of Infinity's 15 templates with a notice) and ``free_text_encoder_after_encoding`` (drop T5 after
+each prompt, reloaded on the next call; also an attribute of the same name; with it the 2B model fits a 24 GB
+GPU). It has no step count: the pixel budget sets the number of scales.
 
-* ``pixel_budget``: ``"0.06M"`` (256x256 for 1:1), ``"0.25M"`` (512x512) or ``"1M"`` (1024x1024, 13 scales);
-  default 1M on a GPU and 0.06M on a CPU; preset ``"report"`` uses 1M.
-* ``cfg`` (guidance on the logits, default 3; ``guidance=`` means the same), ``tau`` (0.5), ``top_p`` (0.97),
-  ``top_k`` (0: off).
-* ``aspect_ratio``: ``"W:H"`` text or a height/width number; otherwise ``height / width`` when both are given.
-  It snaps to the nearest of Infinity's 15 templates, with a notice.
-* ``free_text_encoder_after_encoding``: drop T5 from memory after each prompt is encoded (it is reloaded on
-  the next call); also settable as the attribute of the same name. With it the 2B model fits a 24 GB GPU.
-
-``steps`` do not apply (the number of scales is set by the pixel budget): a value given is ignored with a
-notice. Notices go into ``image.info["mmdemo_notices"]``.
+Seeding: the sampler draws its random bits on the model's device, so a seed gives the same picture on the
+same device, and different pictures on a GPU and a CPU (the diffusion models draw their noise on the CPU).
 """
 
 from __future__ import annotations
 
 import gc
-import math
 from pathlib import Path
 from typing import Any
 
-from mmdemo.interfaces import Generator, Preset, ProgressCallback
+from mmdemo.interfaces import GenerationRequest, GenerationResult, Generator, ProgressCallback
 from mmdemo.registry import ModelSpec
 from mmdemo.weights import ResolvedWeights
-
-KNOWN_OPTIONS = (
-    "pixel_budget",
-    "cfg",
-    "tau",
-    "top_p",
-    "top_k",
-    "aspect_ratio",
-    "free_text_encoder_after_encoding",
-)
 
 
 def _family_config(config: dict[str, Any]):
@@ -82,7 +68,6 @@ class InfinityGenerator(Generator):
     def build_vae(cls, config: dict[str, Any], device: str = "meta", with_encoder: bool = False):
         import torch
 
-            place_transformer,
         from mmdemo.models.infinity import BSQVAE, BSQVAEConfig
 
         family = _family_config(config)
@@ -97,6 +82,7 @@ class InfinityGenerator(Generator):
         from mmdemo.models.infinity.loading import (
             TRANSFORMER_IGNORED_KEYS,
             load_strict,
+            place_transformer,
             read_checkpoint,
             unwrap_plain_vae_names,
             vae_state_from_file,
@@ -197,67 +183,47 @@ class InfinityGenerator(Generator):
         self.device = device
         return self
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        seed: int,
-        steps: int | None = None,
-        guidance: float | None = None,
-        negative_prompt: str = "",
-        preset: Preset = "fast",
-        width: int | None = None,
-        height: int | None = None,
-        progress: ProgressCallback | None = None,
-        **extra: Any,
-    ):
+    def sample(self, request: GenerationRequest, progress: ProgressCallback | None) -> GenerationResult:
         import torch
         from PIL import Image
 
-        from mmdemo.inputs import InputError
         from mmdemo.models.guards import check_finite
         from mmdemo.models.infinity import SamplingOptions, sample_codes
-        from mmdemo.models.infinity.schedules import describe_template, get_schedule
+        from mmdemo.models.infinity.schedules import describe_template, get_schedule, parse_aspect_ratio
 
-        options, notices = self.resolve_options(
-            prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            preset=preset,
-            width=width,
-            height=height,
-            extra=extra,
+        aspect, width, height = request["aspect_ratio"], request["width"], request["height"]
+        h_div_w = parse_aspect_ratio(aspect, width, height)
+        label = aspect or (f"{width}:{height}" if width and height else "1:1")
+        notices: list[str] = []
+        if self.weights.profile == "demo" and abs(h_div_w - 1.0) > 0.01:
+            notices.append("The demo model was trained on square 32x32 Shapes pictures only.")
+        sampling = SamplingOptions(
+            cfg=request["guidance"], tau=request["tau"], top_k=request["top_k"], top_p=request["top_p"]
         )
-        try:
-            sampling = SamplingOptions(
-                cfg=options["cfg"], tau=options["tau"], top_k=options["top_k"], top_p=options["top_p"]
-            )
-        except ValueError as err:
-            raise InputError(str(err)) from None
         fam = self.family
-        schedule = get_schedule(options["h_div_w"], options["pixel_budget"], fam.budget_scales, fam.stride)
-        if abs(schedule.template - options["h_div_w"]) > 0.005:
+        schedule = get_schedule(h_div_w, request["pixel_budget"], fam.budget_scales, fam.stride)
+        if abs(schedule.template - h_div_w) > 0.005:
             notices.append(
-                f"Aspect ratio {options['aspect_label']} is not one of Infinity's templates; the nearest one, "
+                f"Aspect ratio {label} is not one of Infinity's templates; the nearest one, "
                 f"{describe_template(schedule.template)} (height/width {schedule.template}), was used."
             )
         out_h, out_w = schedule.image_size
         if (width and width != out_w) or (height and height != out_h):
             notices.append(f"Infinity's image size follows the pixel budget: {out_w}x{out_h} pixels.")
 
-        text, mask, text_notices = self.encode_prompts([options["prompt"]])
+        text, mask, text_notices = self.encode_prompts([request.prompt])
         notices += text_notices
         negative = None
-        if options["negative_prompt"] and sampling.cfg != 1.0:
-            neg_text, neg_mask, _ = self.encode_prompts([options["negative_prompt"]])
+        if request.negative_prompt and sampling.cfg != 1.0:
+            neg_text, neg_mask, _ = self.encode_prompts([request.negative_prompt])
             negative = (neg_text, neg_mask)
-        if self.free_text_encoder_after_encoding or options["free_text_encoder_after_encoding"]:
+        if self.free_text_encoder_after_encoding or request["free_text_encoder_after_encoding"]:
             self.free_text_encoder()
 
         device = torch.device(self.device)
-        generator = torch.Generator(device=device).manual_seed(options["seed"])
+        # Drawn on the model's device (the sampler draws its bits there, step by step): the same seed gives the
+        # same picture on the same device, but a GPU and a CPU give different ones.
+        generator = torch.Generator(device=device).manual_seed(request.seed)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
         with torch.no_grad(), autocast:
             codes, _ = sample_codes(
@@ -277,140 +243,17 @@ class InfinityGenerator(Generator):
             )
         array = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         image = Image.fromarray(array, mode="RGB")
-        image.info["mmdemo_notices"] = notices
-        image.info["mmdemo_settings"] = {
-            "seed": options["seed"],
-            "pixel_budget": options["pixel_budget"],
+        settings = {
+            "pixel_budget": request["pixel_budget"],
             "scales": len(schedule.scales),
             "template": schedule.template,
-            "cfg": sampling.cfg,
+            "aspect_ratio": describe_template(schedule.template),
+            "guidance": sampling.cfg,
             "tau": sampling.tau,
             "top_p": sampling.top_p,
             "top_k": sampling.top_k,
-            "weights": self.weights.label,
         }
-        return image
-
-    def resolve_options(
-        self,
-        prompt: Any,
-        *,
-        seed: Any,
-        steps: Any = None,
-        guidance: Any = None,
-        negative_prompt: Any = "",
-        preset: Any = "fast",
-        width: Any = None,
-        height: Any = None,
-        extra: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], list[str]]:
-        """Validate every input; returns the settings to use and the notices for the user."""
-        from mmdemo.inputs import (
-            InputError,
-            check_guidance,
-            check_negative_prompt,
-            check_prompt,
-            check_seed,
-            check_steps,
-        )
-        from mmdemo.interfaces import PRESETS
-        from mmdemo.models.infinity.schedules import parse_aspect_ratio
-
-        extra = dict(extra or {})
-        notices: list[str] = []
-        checked_prompt = check_prompt(prompt)
-        notices += checked_prompt.notices
-        negative = check_negative_prompt(negative_prompt)
-        notices += negative.notices
-        seed_value = check_seed(seed).value
-        if check_steps(steps).value is not None:
-            notices.append(
-                "Infinity has no step count (the pixel budget sets the number of scales); steps ignored."
-            )
-        if preset not in PRESETS:
-            raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-        defaults = self.spec.defaults
-        unknown = sorted(set(extra) - set(KNOWN_OPTIONS))
-        if unknown:
-            notices.append(f"Options not used by Infinity were ignored: {', '.join(unknown)}.")
-
-        cfg = extra.get("cfg", guidance)
-        cfg = check_guidance(cfg).value
-        if cfg is None:
-            cfg = defaults.get("cfg", 3.0)
-        tau = _number(extra.get("tau", defaults.get("tau", 0.5)), "tau")
-        if not 0 < tau <= 10:
-            raise InputError(f"tau (temperature) must be above 0 and at most 10, got {tau!r}.")
-        top_p = _number(extra.get("top_p", defaults.get("top_p", 0.97)), "top_p")
-        if not 0 <= top_p <= 1:
-            raise InputError(f"top_p must be between 0 and 1, got {top_p!r}.")
-        top_k = _number(extra.get("top_k", defaults.get("top_k", 0)), "top_k")
-        if top_k < 0 or not float(top_k).is_integer():
-            raise InputError(f"top_k must be a whole number >= 0, got {top_k!r}.")
-
-        budget = extra.get("pixel_budget")
-        if budget in (None, ""):
-            if preset == "report":
-                budget = defaults.get("pixel_budget", "1M")
-            else:
-                on_gpu = str(self.device).startswith("cuda")
-                budget = (
-                    defaults.get("pixel_budget", "1M")
-                    if on_gpu
-                    else defaults.get("cpu_pixel_budget", "0.06M")
-                )
-        if budget not in self.family.budget_scales:
-            raise InputError(
-                f"Unknown pixel budget {budget!r}; choose one of {', '.join(self.family.budget_scales)}."
-            )
-        for name, value in (("width", width), ("height", height)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0
-            ):
-                raise InputError(f"The {name} must be a positive number of pixels, got {value!r}.")
-        aspect = extra.get("aspect_ratio")
-        try:
-            h_div_w = parse_aspect_ratio(aspect, width, height)
-        except ValueError as err:
-            raise InputError(f"{err}.") from None
-        if aspect not in (None, ""):
-            label = str(aspect)
-        elif width and height:
-            label = f"{width}:{height}"
-        else:
-            label = "1:1"
-        if self.weights.profile == "demo" and abs(h_div_w - 1.0) > 0.01:
-            notices.append("The demo model was trained on square 32x32 Shapes pictures only.")
-        return (
-            dict(
-                prompt=checked_prompt.value,
-                negative_prompt=negative.value,
-                seed=seed_value,
-                cfg=float(cfg),
-                tau=float(tau),
-                top_p=float(top_p),
-                top_k=int(top_k),
-                pixel_budget=budget,
-                h_div_w=h_div_w,
-                aspect_label=label,
-                free_text_encoder_after_encoding=bool(extra.get("free_text_encoder_after_encoding", False)),
-            ),
-            notices,
-        )
-
-
-def _number(value: Any, name: str) -> float:
-    from mmdemo.inputs import InputError
-
-    if isinstance(value, bool):
-        raise InputError(f"{name} must be a number, got {value!r}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(number):
-        raise InputError(f"{name} must be a finite number, got {value!r}.")
-    return number
+        return GenerationResult(image, settings, notices)
 
 
 class _null:

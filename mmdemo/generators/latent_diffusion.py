@@ -42,7 +42,7 @@ from mmdemo.models.diffusion.text import (
 from mmdemo.models.guards import check_finite
 
 if TYPE_CHECKING:
-    from mmdemo.models.diffusion.sampling import ResolvedRequest
+    from mmdemo.interfaces import GenerationRequest
     from mmdemo.registry import ModelSpec
     from mmdemo.weights import ResolvedWeights
 
@@ -224,15 +224,12 @@ class LatentDiffusionGenerator(TextDiffusionGenerator):
         tokenizer = load_tokenizer(tokenizer_dir, config.text_max_length)
         return cls(spec, weights, model.to(device).eval(), tokenizer, device)
 
-    def native_size(self) -> int:
-        return self.model.config.image_size
-
-    def sample(
-        self, request: ResolvedRequest, progress: ProgressCallback | None
+    def draw(
+        self, request: GenerationRequest, progress: ProgressCallback | None
     ) -> tuple[list[Any], list[bool]]:
         return sample_latent_images(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
-            steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
+            steps=request["steps"], guidance=request["guidance"], preset=request.preset, progress=progress,
             model_name=self.spec.id,
         )  # fmt: skip
 

@@ -39,7 +39,7 @@ from mmdemo.models.diffusion.text import (
 )
 
 if TYPE_CHECKING:
-    from mmdemo.models.diffusion.sampling import ResolvedRequest
+    from mmdemo.interfaces import GenerationRequest
     from mmdemo.registry import ModelSpec
     from mmdemo.weights import ResolvedWeights
 
@@ -192,15 +192,12 @@ class PixelDiffusionGenerator(TextDiffusionGenerator):
         tokenizer = load_tokenizer(tokenizer_dir, config.text_max_length)
         return cls(spec, weights, model.to(device).eval(), tokenizer, device)
 
-    def native_size(self) -> int:
-        return self.model.config.sample_size
-
-    def sample(
-        self, request: ResolvedRequest, progress: ProgressCallback | None
+    def draw(
+        self, request: GenerationRequest, progress: ProgressCallback | None
     ) -> tuple[list[Any], list[bool]]:
         sampled = sample_pixels(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
-            steps=request.steps, guidance=request.guidance, preset=request.preset, progress=progress,
+            steps=request["steps"], guidance=request["guidance"], preset=request.preset, progress=progress,
             model_name=self.spec.id,
         )  # fmt: skip
         return sampled.images, sampled.truncated

@@ -25,20 +25,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmdemo.inputs import (
-    InputError,
-    check_guidance,
-    check_negative_prompt,
-    check_prompt,
-    check_seed,
-    check_steps,
-)
-from mmdemo.interfaces import PRESETS, Generator, ProgressCallback
+from mmdemo.interfaces import GenerationRequest, GenerationResult, Generator, ProgressCallback
 from mmdemo.weights import WeightsUnavailable, load_state_dict, read_config
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from mmdemo.registry import ModelSpec
     from mmdemo.weights import ResolvedWeights
@@ -498,46 +489,18 @@ class SDXLGenerator(Generator):
 
     # ---- sampling
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        seed: int,
-        steps: int | None = None,
-        guidance: float | None = None,
-        negative_prompt: str = "",
-        preset: str = "fast",
-        width: int | None = None,
-        height: int | None = None,
-        progress: ProgressCallback | None = None,
-        **extra: Any,
-    ) -> Image.Image:
+    def sample(self, request: GenerationRequest, progress: ProgressCallback | None) -> GenerationResult:
         import torch
 
         from mmdemo.models.diffusion.sampling import distinct_timesteps
         from mmdemo.models.guards import check_finite
 
-        checked_prompt = check_prompt(prompt)
-        checked_negative = check_negative_prompt(negative_prompt)
-        seed = check_seed(seed).value
-        steps = check_steps(steps).value
-        guidance = check_guidance(guidance).value
-        if preset not in PRESETS:
-            raise InputError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-        if extra:
-            raise InputError(f"{self.spec.display_name} has no option(s) {', '.join(sorted(extra))}.")
-        defaults = self.spec.defaults
-        if steps is None:
-            steps = int(defaults.get("steps", 100) if preset == "report" else defaults.get("fast_steps", 25))
-        if guidance is None:
-            guidance = float(defaults.get("guidance", 5.0))
-        width = self._check_side(width, "width")
-        height = self._check_side(height, "height")
-        notices = [*checked_prompt.notices, *checked_negative.notices]
+        steps, guidance = request["steps"], request["guidance"]
+        width, height = request["width"], request["height"]
         pipe = self.shared.pipe
-        notices += _truncation_notices(pipe, checked_prompt.value, "prompt")
-        if checked_negative.value:
-            notices += _truncation_notices(pipe, checked_negative.value, "negative prompt")
+        notices = _truncation_notices(pipe, request.prompt, "prompt")
+        if request.negative_prompt:
+            notices += _truncation_notices(pipe, request.negative_prompt, "negative prompt")
 
         def on_step_end(
             _pipe: Any, step: int, _timestep: Any, callback_kwargs: dict[str, Any]
@@ -557,16 +520,16 @@ class SDXLGenerator(Generator):
                 self.shared.to(self.device)  # the other panel moved the shared pipeline away
             self.shared.select(self.adapter)
             pipe.scheduler = (
-                self.shared.report_scheduler if preset == "report" else self.shared.fast_scheduler
+                self.shared.report_scheduler if request.preset == "report" else self.shared.fast_scheduler
             )
-            generator = torch.Generator(device="cpu").manual_seed(seed)  # CPU noise: same image on any device
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)  # CPU noise: same image on any device
             # diffusers' own grid repeats or overruns timesteps at some step counts (see distinct_timesteps).
             custom = distinct_timesteps(pipe.scheduler, steps)
             timing = dict(num_inference_steps=steps) if custom is None else dict(timesteps=custom)
             with torch.inference_mode():
                 pixels = pipe(
-                    prompt=checked_prompt.value,
-                    negative_prompt=checked_negative.value or None,
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt or None,
                     guidance_scale=guidance,
                     width=width,
                     height=height,
@@ -577,24 +540,8 @@ class SDXLGenerator(Generator):
                 ).images
             check_finite(pixels, model=self.spec.id, where="in the VAE decoder's pixels")
             image = pipe.image_processor.numpy_to_pil(pipe.image_processor.pt_to_numpy(pixels))[0]
-        image.info["mmdemo_notices"] = notices
-        image.info["mmdemo_seed"] = seed
-        return image
-
-    def _check_side(self, value: Any, what: str) -> int:
-        if value is None or value == "":
-            return self.config.resolution
-        limit = 2 * self.config.resolution
-        try:
-            side = int(value)
-        except (TypeError, ValueError):
-            raise InputError(f"The {what} must be a whole number of pixels, got {value!r}.") from None
-        if side != value or side % 8 or not 8 <= side <= limit:
-            raise InputError(
-                f"The {what} must be a multiple of 8 between 8 and {limit} pixels for {self.spec.display_name}, "
-                f"got {value!r}."
-            )
-        return side
+        settings = dict(steps=steps, guidance=guidance, width=width, height=height)
+        return GenerationResult(image, settings, notices)
 
     # ---- parameter table
 

@@ -2,9 +2,9 @@
 
 ``pixel-diffusion`` and ``latent-diffusion`` differ in their network and sampler only. Both keep a frozen
 text encoder + tokenizer (demo: inside the checkpoint folder; full: the third-party source first) next to
-their own weights, and answer ``generate`` the same way: shared input checks, one batch of one prompt,
-a notice when the prompt was cut. A subclass provides ``from_folder`` (read its checkpoint strictly),
-``native_size`` (the training resolution) and ``sample`` (run its sampler).
+their own weights, and sample a checked request the same way: one batch of one prompt, a notice when the
+prompt was cut. A subclass provides ``from_folder`` (read its checkpoint strictly) and ``draw`` (run its
+sampler).
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmdemo.interfaces import Generator, ProgressCallback
-from mmdemo.models.diffusion.sampling import ResolvedRequest, resolve_request, with_notices
+from mmdemo.interfaces import GenerationRequest, GenerationResult, Generator, ProgressCallback
 from mmdemo.models.diffusion.text import truncation_notice
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from mmdemo.registry import ModelSpec
     from mmdemo.weights import ResolvedWeights
 
@@ -58,12 +55,8 @@ class TextDiffusionGenerator(Generator):
     ) -> TextDiffusionGenerator:
         raise NotImplementedError
 
-    def native_size(self) -> int:
-        """The image side the model was trained at (other sizes are ignored with a notice)."""
-        raise NotImplementedError
-
-    def sample(
-        self, request: ResolvedRequest, progress: ProgressCallback | None
+    def draw(
+        self, request: GenerationRequest, progress: ProgressCallback | None
     ) -> tuple[list[Any], list[bool]]:
         """(images, whether each prompt was truncated) for ``request.prompt``."""
         raise NotImplementedError
@@ -74,40 +67,8 @@ class TextDiffusionGenerator(Generator):
         return self
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompt: str,
-        *,
-        seed: int,
-        steps: int | None = None,
-        guidance: float | None = None,
-        negative_prompt: str = "",
-        preset: str = "fast",
-        width: int | None = None,
-        height: int | None = None,
-        progress: ProgressCallback | None = None,
-        **extra: Any,
-    ) -> Image.Image:
-        config = self.model.config
-        request = resolve_request(
-            self.spec.defaults,
-            prompt=prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            preset=preset,
-            width=width,
-            height=height,
-            native_size=self.native_size(),
-            max_steps=config.num_train_timesteps,
-            model_name=self.spec.display_name,
-        )
-        images, truncated = self.sample(request, progress)
-        notices = list(request.notices)
-        if truncated[0]:
-            notices.append(truncation_notice(config.text_max_length))
-        return with_notices(
-            images[0], notices, seed=request.seed, steps=request.steps, guidance=request.guidance,
-            preset=request.preset, weights=self.weights.label,
-        )  # fmt: skip
+    def sample(self, request: GenerationRequest, progress: ProgressCallback | None) -> GenerationResult:
+        images, truncated = self.draw(request, progress)
+        notices = [truncation_notice(self.model.config.text_max_length)] if truncated[0] else []
+        settings = {"steps": request["steps"], "guidance": request["guidance"]}
+        return GenerationResult(images[0], settings, notices)

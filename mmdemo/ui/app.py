@@ -6,14 +6,18 @@ import os
 
 import gradio as gr
 
-from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
-from mmdemo.ui import about
+from mmdemo.arena.battles import ArenaConfig
+from mmdemo.monitoring import OpsSettings
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
+from mmdemo.ui import about, ops
+from mmdemo.ui import arena as arena_ui
 from mmdemo.ui.components import RawImageInput
 from mmdemo.ui.handlers import (
     AppContext,
     caption_handler,
     generate_handler,
-    overrides_from_fields,
+    option_fields,
+    options_from_fields,
     random_seed,
 )
 
@@ -39,9 +43,9 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
                 value="all",
                 label="Captioner",
             )
-            with gr.Accordion("Decoding options", open=False):
-                num_beams = gr.Slider(1, 5, value=1, step=1, label="Beams (1 = greedy, as in the report)")
-                max_new_tokens = gr.Slider(5, 50, value=30, step=1, label="Max new tokens")
+            with gr.Accordion("Decoding options (blank = each model's own default)", open=False):
+                num_beams = _caption_option_field(ctx, "num_beams", "Beams (1 = greedy, as in the report)")
+                max_new_tokens = _caption_option_field(ctx, "max_new_tokens", "Max new tokens")
             button = gr.Button("Caption", variant="primary")
             if ctx.examples:
                 gr.Examples(
@@ -83,11 +87,41 @@ def example_prompts(ctx: AppContext) -> list[list[str]]:
     return [[p] for p in (shapes + flickr if "full" in ctx.availability.values() else shapes)]
 
 
-def _defaults_hint(model_id: str) -> str:
-    defaults = REGISTRY[model_id].defaults
-    steps = f"fast {defaults['fast_steps']} / report {defaults['steps']} steps" if "steps" in defaults else ""
-    guidance = f"guidance {defaults.get('guidance', defaults.get('cfg'))}"
-    return ", ".join(x for x in (steps, guidance) if x)
+def _caption_option_field(ctx: AppContext, name: str, label: str) -> gr.Number:
+    """A blank number field for a decoding option every captioner declares; its range spans theirs."""
+    declared = [
+        (REGISTRY[m].display_name, REGISTRY[m].options_for(ctx.availability.get(m) or "full")[name])
+        for m in CAPTIONER_IDS
+    ]
+    defaults = ", ".join(f"{model} {option.default}" for model, option in declared)
+    return gr.Number(
+        value=None,
+        precision=0,
+        label=label,
+        info=f"defaults: {defaults}",
+        minimum=min(option.minimum for _, option in declared),
+        maximum=max(option.maximum for _, option in declared),
+    )
+
+
+def _option_field(option: Option) -> gr.components.Component:
+    """The input for one declared option; blank / "default" leaves the model's default."""
+    label, info = option.name.replace("_", " "), option.help
+    if option.type == "choice":
+        return gr.Dropdown(["default", *option.choices], value="default", label=label, info=info)
+    if option.type == "bool":
+        return gr.Checkbox(value=bool(option.default), label=label, info=info)
+    if option.type == "text":
+        return gr.Textbox(value="", label=label, info=info, max_lines=1)
+    return gr.Number(
+        value=None,
+        precision=0 if option.type == "int" else None,
+        label=label,
+        info=info,
+        minimum=option.minimum,
+        maximum=option.maximum,
+        step=option.step or (1 if option.type == "int" else 0.1),
+    )
 
 
 def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
@@ -108,25 +142,28 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
                 value="fast",
                 label="Preset",
             )
-    with gr.Accordion("Per-model steps and guidance (blank = the preset's default)", open=False):
+    # One field per option each model declares in the registry (blank = the preset's default); their values
+    # reach the handler as a dict in ``field_options``. The JSON box is the API's per-model options argument.
+    declared = option_fields(ctx.availability)
+    with gr.Accordion("Per-model options (blank = the preset's default)", open=False):
         fields = []
         for model_id in GENERATOR_IDS:
             with gr.Row():
-                gr.Markdown(f"**{REGISTRY[model_id].display_name}**  \n{_defaults_hint(model_id)}")
-                fields.append(gr.Number(value=None, precision=0, label="steps", minimum=1, maximum=1000))
-                fields.append(gr.Number(value=None, label="guidance", minimum=0, maximum=50))
-        pixel_budget = gr.Dropdown(
-            ["default", "0.06M", "0.25M", "1M"],
-            value="default",
-            label="Infinity pixel budget (default: 1M on GPU, 0.06M on CPU)",
-        )
+                gr.Markdown(f"**{REGISTRY[model_id].display_name}**")
+                fields += [_option_field(option) for m, option in declared if m == model_id]
         overrides = gr.Code(
-            value="{}", language="json", label="As JSON (what the API takes)", interactive=True
+            value="{}",
+            language="json",
+            label="More options as JSON (the API's per-model options)",
+            interactive=True,
         )
-    for field in [*fields, pixel_budget]:
-        field.change(
-            overrides_from_fields, [*fields, pixel_budget], overrides, queue=False, api_visibility="private"
-        )
+    field_options = gr.State({})
+
+    def collect(*values):
+        return options_from_fields(declared, *values)
+
+    for field in fields:
+        field.change(collect, fields, field_options, queue=False, api_visibility="private")
     button = gr.Button("Generate", variant="primary")
     images, texts = [], []
     with gr.Row(equal_height=True):
@@ -165,7 +202,7 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
     )
     button.click(
         generate,
-        inputs=[prompt, models, seed, preset, negative, overrides],
+        inputs=[prompt, models, seed, preset, negative, overrides, field_options],
         outputs=[*images, *texts, records, archive],
         api_name="generate",
         concurrency_id=MODEL_CONCURRENCY_ID,
@@ -173,9 +210,19 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
     )
 
 
-def build_app(ctx: AppContext, *, concurrency: int = 1) -> gr.Blocks:
-    """The whole app for ``ctx``; ``concurrency`` model runs at once (1 on a single GPU)."""
-    with gr.Blocks(title="mmdemo: compare multimodal models") as demo:
+def build_app(
+    ctx: AppContext,
+    *,
+    concurrency: int = 1,
+    settings: OpsSettings | None = None,
+    arena_config: ArenaConfig | None = None,
+) -> gr.Blocks:
+    """The whole app for ``ctx``; ``concurrency`` model runs at once (1 on a single GPU).
+
+    ``settings`` (default: from the environment): generated files and uploads are deleted after its cache time.
+    """
+    settings = settings or OpsSettings.from_env()
+    with gr.Blocks(title="mmdemo: compare multimodal models", delete_cache=settings.delete_cache) as demo:
         gr.Markdown("# mmdemo: try and compare captioners and image generators")
         gr.Markdown(ctx.banner(), elem_id="profile-banner")
         with gr.Tabs():
@@ -183,7 +230,11 @@ def build_app(ctx: AppContext, *, concurrency: int = 1) -> gr.Blocks:
                 create_caption_tab(ctx, concurrency)
             with gr.Tab("Text → Image", id="generate"):
                 create_generate_tab(ctx, concurrency)
+            # Arena + Leaderboard: blind battles and their votes (database: ``arena_config``).
+            arena_ui.create_arena_tabs(ctx, arena_config, concurrency, MODEL_CONCURRENCY_ID)
             with gr.Tab("About", id="about"):
                 params = about.create_about_tab(ctx)
+                ops.create_live_stats(ctx)
+        ops.register_endpoints(ctx, settings)
         demo.load(about.param_table, outputs=params, api_visibility="private", show_progress="hidden")
     return demo

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from mmdemo import inputs, service
-from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
 from mmdemo.runtime import ModelManager
 from mmdemo.weights import available_profile
 
@@ -74,16 +75,9 @@ class AppContext:
 
 # ------------------------------------------------------------------------------------------------ ZeroGPU
 
-# Rough GPU seconds per sampling step (A100-class) and per model hand-over, for ZeroGPU's time slots:
-# asking for too little aborts the call, asking for too much costs the visitor quota.
-GPU_SECONDS_PER_STEP = {
-    "sdxl-base": 0.08,
-    "sdxl-lora": 0.09,
-    "pixel-diffusion": 0.01,
-    "latent-diffusion": 0.01,
-}
-GPU_SECONDS_INFINITY = 12.0
-GPU_SECONDS_PER_MODEL = 10.0
+# ZeroGPU time slots: each model's cost is declared in the registry (``ModelSpec.gpu_cost``); a call adds a
+# base for the request itself, and ZeroGPU refuses slots longer than its maximum.
+GPU_SECONDS_BASE = 10.0
 GPU_SECONDS_MAX = 300
 
 
@@ -97,30 +91,32 @@ def on_gpu(duration):
 
 
 def generate_gpu_seconds(
-    prompt, models, seed, preset="fast", negative_prompt="", overrides=None, *args, **kwargs
+    prompt, models, seed, preset="fast", negative_prompt="", overrides=None, field_options=None, *args, **_
 ):
-    """ZeroGPU time to ask for: the ticked models, their steps under the preset (or overrides)."""
+    """ZeroGPU time to ask for: each ticked model's declared cost for its steps (given, or the preset's)."""
     try:
-        overrides = _parse_overrides(overrides)
+        options = merged_options(field_options, overrides)
     except gr.Error:
-        overrides = {}
-    total = 10.0
+        options = {}
+    total = GPU_SECONDS_BASE
     for model_id in models or []:
-        if model_id not in REGISTRY:
+        spec = REGISTRY.get(model_id)
+        if spec is None:
             continue
-        defaults = REGISTRY[model_id].defaults
-        steps = overrides.get(model_id, {}).get("steps") or defaults.get(
-            "fast_steps" if preset == "fast" else "steps", 0
+        steps_option = spec.options_for("full").get("steps")  # ZeroGPU runs the full weights
+        steps = options.get(model_id, {}).get("steps") or (
+            steps_option.default_for(preset, "cuda") if steps_option else 0
         )
-        per_step = GPU_SECONDS_PER_STEP.get(model_id, 0.0)
-        total += GPU_SECONDS_PER_MODEL + (
-            GPU_SECONDS_INFINITY if model_id == "infinity-2b" else per_step * float(steps)
-        )
+        try:
+            total += spec.gpu_cost.fixed + spec.gpu_cost.per_step * float(steps)
+        except (TypeError, ValueError):  # a bad value fails the request itself, with its own message
+            total += spec.gpu_cost.fixed
     return int(min(total, GPU_SECONDS_MAX))
 
 
 def caption_gpu_seconds(image, model, *args, **kwargs):
-    return int(10 + GPU_SECONDS_PER_MODEL * (len(CAPTIONER_IDS) if model == "all" else 1))
+    targets = CAPTIONER_IDS if model == "all" else [model] if model in REGISTRY else []
+    return int(GPU_SECONDS_BASE + sum(REGISTRY[m].gpu_cost.fixed for m in targets))
 
 
 # ------------------------------------------------------------------------------------------------ captioning
@@ -128,12 +124,17 @@ def caption_gpu_seconds(image, model, *args, **kwargs):
 
 def caption_handler(ctx: AppContext):
     @on_gpu(caption_gpu_seconds)
-    def caption(image: str | None, model: str, num_beams: int = 1, max_new_tokens: int = 30):
-        """Caption an image with one captioner id or "all"; returns a table, the references and JSON records."""
+    def caption(
+        image: str | None, model: str, num_beams: int | None = None, max_new_tokens: int | None = None
+    ):
+        """Caption an image with one captioner id or "all"; returns a table, the references and JSON records.
+
+        ``num_beams`` / ``max_new_tokens``: blank (None) is each model's own default (from the registry).
+        """
         if model not in ("all", *CAPTIONER_IDS):
             raise gr.Error(f"Unknown captioner {model!r}; choose 'all' or one of {', '.join(CAPTIONER_IDS)}.")
         references = service.references_for(image, ctx.examples)
-        options = {"num_beams": int(num_beams), "max_new_tokens": int(max_new_tokens)}
+        options = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
         try:
             records, notices = service.caption_image(
                 ctx.manager, image, model, references=references, options=options
@@ -183,15 +184,21 @@ def _panel_markdown(record: service.GenerateRecord | None, model_id: str, status
 
 
 def _zip_results(settings: service.GenerateSettings, images: dict[str, Any], records: list[dict]) -> str:
-    """A zip with every image as lossless PNG and the settings + records as JSON; returns its path."""
-    folder = Path(tempfile.mkdtemp(prefix="mmdemo-"))
+    """A zip with every image as lossless PNG and the settings + records as JSON; returns its path.
+
+    Written inside Gradio's cache folder: Gradio then serves it in place and deletes it with the other
+    cached files after the cache time (a zip elsewhere would be copied there and the original kept forever).
+    """
+    cache = Path(get_upload_folder())
+    cache.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="mmdemo-", dir=cache))
     path = folder / f"mmdemo_seed{settings.seed}.zip"
     with zipfile.ZipFile(path, "w") as archive:
         for model_id, image in images.items():
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             archive.writestr(f"{model_id}.png", buffer.getvalue())
-        meta = {"settings": {k: v for k, v in vars(settings).items()}, "results": records}
+        meta = {"settings": settings.as_dict(), "results": records}
         archive.writestr("settings.json", json.dumps(meta, indent=2))
     return str(path)
 
@@ -205,30 +212,24 @@ def generate_handler(ctx: AppContext):
         preset: str = "fast",
         negative_prompt: str = "",
         overrides: dict | str | None = None,
+        field_options: dict | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented way to receive progress
     ):
         """Generate one image per ticked model; panels fill in as each model finishes.
 
-        ``overrides`` is JSON ``{"<model id>": {"steps": int, "guidance": float}}`` (optional).
+        ``field_options``: the per-model option fields, ``{"<model id>": {"<option>": value}}`` (the UI's state).
+        ``overrides``: the same as JSON text or a dict, what the API takes, applied on top (optional).
         Yields 5 images, 5 panel captions, the JSON records and a zip of everything.
         """
         models = [m for m in (models or []) if m]
         if not models:
             raise gr.Error("Tick at least one model.")
-        overrides = _parse_overrides(overrides)
+        options = merged_options(field_options, overrides)
         try:
             settings = service.check_generate_settings(
-                prompt,
-                seed,
-                preset,
-                negative_prompt,
-                steps={m: o.get("steps") for m, o in overrides.items()},
-                guidance={m: o.get("guidance") for m, o in overrides.items()},
-                extra={
-                    m: {k: v for k, v in o.items() if k not in ("steps", "guidance")}
-                    for m, o in overrides.items()
-                },
-            )
+                prompt, seed, preset, negative_prompt, options,
+                profiles=ctx.availability, device=ctx.manager.device,
+            )  # fmt: skip
         except inputs.InputError as err:
             raise gr.Error(str(err)) from None
         unknown = [m for m in models if m not in GENERATOR_IDS]
@@ -267,7 +268,8 @@ def generate_handler(ctx: AppContext):
     return generate
 
 
-def _parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
+def parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
+    """The API's per-model options argument, JSON text (as the README's example sends it) or a dict, as a dict."""
     if not overrides:
         return {}
     if isinstance(overrides, str):
@@ -278,28 +280,47 @@ def _parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
                 f'Per-model overrides must be JSON like {{"pixel-diffusion": {{"steps": 20}}}}: {err}'
             ) from None
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise gr.Error('Per-model overrides must map model ids to {"steps": ..., "guidance": ...}.')
+        raise gr.Error(
+            'Per-model overrides must map model ids to options, like {"pixel-diffusion": {"steps": 20}}.'
+        )
     unknown = [m for m in overrides if m not in GENERATOR_IDS]
     if unknown:
-        raise gr.Error(f"Per-model overrides name unknown model(s) {', '.join(unknown)}.")
+        raise gr.Error(f"Per-model overrides name unknown model(s) {', '.join(map(str, unknown))}.")
     return overrides
 
 
-def overrides_from_fields(*values: Any) -> str:
-    """The UI's per-model fields as overrides JSON.
+def merged_options(field_options: dict | None, overrides: dict | str | None) -> dict[str, dict[str, Any]]:
+    """The option fields' values with the API's overrides on top, per model id."""
+    merged = {m: dict(o) for m, o in (field_options or {}).items() if o}
+    for model_id, options in parse_overrides(overrides).items():
+        merged[model_id] = {**merged.get(model_id, {}), **options}
+    return merged
 
-    ``values``: steps and guidance for each generator in registry order, then Infinity's pixel budget.
-    """
-    *pairs, pixel_budget = values
-    overrides: dict[str, dict[str, Any]] = {}
-    for index, model_id in enumerate(GENERATOR_IDS):
-        options = {"steps": pairs[2 * index], "guidance": pairs[2 * index + 1]}
-        if model_id == "infinity-2b":
-            options["pixel_budget"] = pixel_budget
-        options = {k: v for k, v in options.items() if v not in (None, "", "default")}
-        if options:
-            overrides[model_id] = options
-    return json.dumps(overrides)
+
+def option_fields(availability: dict[str, str | None]) -> list[tuple[str, Option]]:
+    """(model id, option) of every option field the Text → Image tab shows, in order: each generator's declared
+    options under the profile its weights resolve to."""
+    return [
+        (model_id, option)
+        for model_id in GENERATOR_IDS
+        for option in REGISTRY[model_id].options_for(availability.get(model_id) or "full").values()
+        if option.ui
+    ]
+
+
+def options_from_fields(fields: list[tuple[str, Option]], *values: Any) -> dict[str, dict[str, Any]]:
+    """The option fields' values (in :func:`option_fields` order) as ``{model id: {option: value}}``;
+    blank fields, "default" and values equal to the default are left out (the model's default applies)."""
+    options: dict[str, dict[str, Any]] = {}
+    for (model_id, option), value in zip(fields, values, strict=True):
+        if (
+            inputs.is_blank(value)
+            or value == "default"
+            or (option.type == "bool" and value == option.default)
+        ):
+            continue
+        options.setdefault(model_id, {})[option.name] = value
+    return options
 
 
 def alignment_scorer():

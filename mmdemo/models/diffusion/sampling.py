@@ -4,8 +4,8 @@ Presets (the same for both of our diffusion models):
 
 * ``report``: what the report sampled with, ``DDPMScheduler`` ancestral sampling (100 steps for pixel
   diffusion, 1000 for the latent model: the model's ``steps`` default in the registry);
-* ``fast``: ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M), at most ``FAST_MAX_DEFAULT_STEPS`` steps by
-  default (the registry's ``fast_steps``), which reaches the quality of the long DDPM chain in a fraction
+* ``fast``: ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M), 20-25 steps by default (the ``steps`` option's
+  default in the registry), which reaches the quality of the long DDPM chain in a fraction
   of the network calls (``bench/diffusion_presets.py`` measures both).
 
 Every call draws its noise from its own ``torch.Generator`` seeded with the request's seed, so the same seed
@@ -15,7 +15,6 @@ gives the same image whatever else runs in the process.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ import torch
 
 from mmdemo.models.guards import check_finite
 
-FAST_MAX_DEFAULT_STEPS = 25
 PRESET_SCHEDULERS = {"report": "DDPMScheduler", "fast": "DPMSolverMultistepScheduler"}
 
 # (latents, timesteps, text states, text mask) -> model output of the same shape as latents
@@ -160,91 +158,3 @@ def to_pil(images: torch.Tensor) -> list[Any]:
         ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     )
     return [Image.fromarray(a, mode="RGB") for a in array]
-
-
-# ---------------------------------------------------------------------------------------------- requests
-
-
-@dataclass
-class ResolvedRequest:
-    """A generation request after the shared input checks, with the preset's defaults filled in."""
-
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    preset: str
-    notices: list[str] = field(default_factory=list)
-
-
-def resolve_request(
-    defaults: dict[str, Any],
-    *,
-    prompt: Any,
-    seed: Any,
-    steps: Any,
-    guidance: Any,
-    negative_prompt: Any,
-    preset: Any,
-    width: Any,
-    height: Any,
-    native_size: int,
-    max_steps: int,
-    model_name: str,
-) -> ResolvedRequest:
-    """Check every user input (``mmdemo.inputs``) and fill in the model's defaults for ``preset``.
-
-    Rules, beyond ``mmdemo.inputs``: ``steps`` None -> the preset's default (registry ``steps`` for
-    "report", ``fast_steps`` for "fast"); more than ``max_steps`` (the training schedule's length) is clamped
-    with a notice; ``width``/``height`` other than the model's training size are ignored with a notice,
-    because a UNet trained at one size does not draw the same objects at another.
-    """
-    from mmdemo.inputs import (
-        InputError,
-        check_guidance,
-        check_negative_prompt,
-        check_prompt,
-        check_seed,
-        check_steps,
-    )
-
-    if preset not in PRESET_SCHEDULERS:
-        raise InputError(f"Unknown preset {preset!r}: choose 'fast' or 'report'.")
-    checked_prompt = check_prompt(prompt)
-    checked_negative = check_negative_prompt(negative_prompt)
-    notices = [*checked_prompt.notices, *(f"Negative prompt: {n}" for n in checked_negative.notices)]
-    seed_value = check_seed(seed).value
-    steps_value = check_steps(steps).value
-    guidance_value = check_guidance(guidance).value
-    if steps_value is None:
-        steps_value = int(defaults["steps"] if preset == "report" else defaults["fast_steps"])
-    if steps_value > max_steps:
-        notices.append(
-            f"{model_name} was trained with {max_steps} noise levels; steps were clamped to {max_steps}."
-        )
-        steps_value = max_steps
-    if guidance_value is None:
-        guidance_value = float(defaults["guidance"])
-    for name, value in (("width", width), ("height", height)):
-        if value in (None, "", 0):
-            continue
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"The {name} must be a number of pixels, got {value!r}.") from None
-        if number != native_size:
-            notices.append(
-                f"{model_name} draws {native_size}x{native_size} images only (its training size); "
-                f"the requested {name} {value!r} was ignored."
-            )
-    return ResolvedRequest(
-        checked_prompt.value, checked_negative.value, seed_value, steps_value, guidance_value, preset, notices
-    )
-
-
-def with_notices(image: Any, notices: list[str], **info: Any) -> Any:
-    """Attach user notices (and sampling facts) to ``image.info``, de-duplicated in order."""
-    image.info["mmdemo_notices"] = list(dict.fromkeys(notices))
-    image.info.update({f"mmdemo_{k}": v for k, v in info.items()})
-    return image
