@@ -268,6 +268,12 @@ def generate_handler(ctx: AppContext):
     return generate
 
 
+# An example for messages, from the registry: the first generator with a step count.
+_OVERRIDES_EXAMPLE = json.dumps(
+    {next(m for m in GENERATOR_IDS if "steps" in REGISTRY[m].options_for("full")): {"steps": 20}}
+)
+
+
 def parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
     """The API's per-model options argument, JSON text (as the README's example sends it) or a dict, as a dict."""
     if not overrides:
@@ -276,13 +282,9 @@ def parse_overrides(overrides: dict | str | None) -> dict[str, dict[str, Any]]:
         try:
             overrides = json.loads(overrides)
         except json.JSONDecodeError as err:
-            raise gr.Error(
-                f'Per-model overrides must be JSON like {{"pixel-diffusion": {{"steps": 20}}}}: {err}'
-            ) from None
+            raise gr.Error(f"Per-model overrides must be JSON like {_OVERRIDES_EXAMPLE}: {err}") from None
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise gr.Error(
-            'Per-model overrides must map model ids to options, like {"pixel-diffusion": {"steps": 20}}.'
-        )
+        raise gr.Error(f"Per-model overrides must map model ids to options, like {_OVERRIDES_EXAMPLE}.")
     unknown = [m for m in overrides if m not in GENERATOR_IDS]
     if unknown:
         raise gr.Error(f"Per-model overrides name unknown model(s) {', '.join(map(str, unknown))}.")
