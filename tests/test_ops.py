@@ -14,33 +14,39 @@ import torch
 from PIL import Image
 
 from mmdemo import service
+from mmdemo.interfaces import GenerationResult, Generator
 from mmdemo.monitoring import OpsSettings, RequestMonitor, folder_size, sweep_empty_dirs
+from mmdemo.registry import get_spec
 from mmdemo.runtime import ModelManager, OutOfMemory
 
 
-class FlakyGenerator:
+class FlakyGenerator(Generator):
     """A generator that raises a real out-of-memory exception on its first ``failures`` calls."""
 
-    def __init__(self, failures: int, error: type[BaseException] = torch.OutOfMemoryError):
-        self.failures = failures
-        self.error = error
-        self.calls = 0
-        self.device = "cpu"
+    def __init__(
+        self, failures: int, error: type[BaseException] = torch.OutOfMemoryError, model_id="sdxl-base"
+    ):
+        self.failures, self.error, self.calls = failures, error, 0
+        self.spec, self.device = get_spec(model_id), "cpu"
         self.weights = type("W", (), {"profile": "demo"})()
+
+    @classmethod
+    def load(cls, spec, weights, *, device=None):
+        raise NotImplementedError
 
     def to(self, device: str):
         self.device = device
         return self
 
-    def generate(self, prompt, *, seed, progress=None, **kwargs):
+    def sample(self, request, progress):
         self.calls += 1
         if self.calls <= self.failures:
             raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return Image.new("RGB", (8, 8), (seed % 256, 0, 0))
+        return GenerationResult(Image.new("RGB", (8, 8), (request.seed % 256, 0, 0)), {}, [])
 
 
 def _run(manager: ModelManager, model_id: str):
-    return manager.run(model_id, lambda m: m.generate("a red circle", seed=3), action="generate")
+    return manager.run(model_id, lambda m: m.generate("a red circle", seed=3).image, action="generate")
 
 
 def test_cuda_out_of_memory_exception_is_the_real_type_on_a_cpu_build():
