@@ -4,13 +4,12 @@ Two entry points create any registered model by id::
 
     import mmdemo
     captioner = mmdemo.load_captioner("resnet18-xattn", profile="demo")
-    captioner.caption([image])                      # -> ["a small red circle on the left ..."]
+    captioner.caption([image])[0].caption           # -> "a small red circle on the left ..."
     generator = mmdemo.load_generator("pixel-diffusion", profile="demo")
-    generator.generate("a red circle", seed=0)      # -> PIL.Image
+    generator.generate("a red circle", seed=0).image  # -> PIL.Image (also .settings, .notices, .seconds)
 
-An unknown id fails and lists the valid ones; a registered model that has not landed yet raises
-:class:`ModelNotImplemented`; weights that cannot be found raise :class:`WeightsUnavailable`, whose
-message says where we looked and what to do.
+An unknown id fails and lists the valid ones; weights that cannot be found raise
+:class:`WeightsUnavailable`, whose message says where we looked and what to do.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, ModelSpec, get_spec
-from mmdemo.weights import ModelNotImplemented, Profile, WeightsUnavailable, resolve
+from mmdemo.weights import Profile, WeightsUnavailable, resolve
 
 if TYPE_CHECKING:
     from mmdemo.interfaces import Captioner, Generator
@@ -28,7 +27,6 @@ __all__ = [
     "CAPTIONER_IDS",
     "GENERATOR_IDS",
     "REGISTRY",
-    "ModelNotImplemented",
     "WeightsUnavailable",
     "adapter_class",
     "get_spec",
@@ -39,8 +37,6 @@ __all__ = [
 
 def adapter_class(spec: ModelSpec) -> type:
     """The class implementing ``spec``'s interface, imported on first use (heavy libraries stay unloaded)."""
-    if spec.adapter is None:
-        raise ModelNotImplemented(spec)
     module_name, _, class_name = spec.adapter.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 

@@ -1,6 +1,6 @@
 """Parameter counts of every model's full-size configuration, next to the report's Table 1.
 
-``python -m mmdemo.params [--json]`` builds each implemented model on the meta device (no weights are
+``python -m mmdemo.params [--json]`` builds each model on the meta device (no weights are
 downloaded or allocated) and prints total and trainable parameters beside the report's numbers.
 ``python -m mmdemo.params --state-dict ID`` prints the full-size model's parameter and buffer names with
 their shapes as JSON, so checkpoint compatibility can be checked offline.
@@ -36,7 +36,7 @@ def count_parameters(module) -> tuple[int, int]:
 
 
 def build_full_network(spec: ModelSpec):
-    """The full-size network of ``spec`` on the meta device (raises ModelNotImplemented if not landed)."""
+    """The full-size network of ``spec`` on the meta device."""
     from mmdemo import adapter_class
 
     return adapter_class(spec).build_network(spec.full_config, device="meta")
@@ -46,9 +46,6 @@ def param_row(spec: ModelSpec) -> ParamRow:
     from mmdemo import adapter_class
 
     report = spec.report
-    if not spec.implemented:
-        note = f"not implemented yet (issue #{spec.issue})" if spec.issue else "not implemented yet"
-        return ParamRow(spec.id, spec.kind, None, None, report.total_params, report.trainable_params, note)
     cls = adapter_class(spec)
     total, trainable = count_parameters(cls.build_network(spec.full_config, device="meta"))
     return ParamRow(

@@ -133,14 +133,12 @@ class ModelSpec:
         id: stable id used by the app, the API and the scripts.
         display_name: what people read in the UI.
         kind: ``"captioner"`` or ``"generator"``.
-        adapter: ``"module:Class"`` of the class implementing the uniform interface, or ``None`` while the
-            model is not implemented yet.
+        adapter: ``"module:Class"`` of the class implementing the uniform interface.
         full_config / tiny_config: keyword arguments of the family's config dataclass for the real model and
             for the small one trained offline on Shapes (same classes, smaller numbers).
         sources: the pretrained/published files the full profile needs, in load order.
         licence: licence of the weights people will run (the most restrictive component).
         report: the report's numbers, shown next to ours.
-        issue: the tracker issue that implements the model (named in "not implemented yet" messages).
         options: the settings a request may give this model, with their types, ranges and defaults
             (:class:`Option`); the app renders them, :mod:`mmdemo.inputs` checks them.
         demo_options: for the demo profile, the fields of ``options`` that differ (``{"width": {"maximum": 64}}``).
@@ -155,14 +153,13 @@ class ModelSpec:
     id: str
     display_name: str
     kind: ModelKind
-    adapter: str | None
+    adapter: str
     full_config: dict[str, Any]
     tiny_config: dict[str, Any]
     sources: tuple[HubFiles, ...]
     licence: str
     description: str
     report: ReportNumbers = field(default_factory=ReportNumbers)
-    issue: int | None = None
     options: tuple[Option, ...] = ()
     demo_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)
@@ -268,7 +265,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         licence="BSD-3-Clause (torchvision weights); ours: MIT",
         description="Frozen ResNet-18 conv trunk, 7x7x512 map as 49 tokens, 6-layer Transformer decoder.",
         report=ReportNumbers(34.2e6, 21.5e6, (22.7, 13.9, 8.7, 5.2)),
-        issue=3,
         options=_xattn_options(_XATTN_DECODER["max_len"]),
         demo_options={_MAX_NEW_TOKENS: dict(default=31, maximum=31)},  # the tiny decoder's max_len 32
     ),
@@ -289,7 +285,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         licence="MIT (OpenAI CLIP); ours: MIT",
         description="Frozen CLIP ViT-B/32 token outputs, Linear to 768, 6-layer Transformer decoder.",
         report=ReportNumbers(108e6, 21.5e6, (23.3, 15.5, 10.2, 6.2)),
-        issue=3,
         options=_xattn_options(_XATTN_DECODER["max_len"]),
         demo_options={_MAX_NEW_TOKENS: dict(default=31, maximum=31)},  # the tiny decoder's max_len 32
     ),
@@ -314,7 +309,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         licence="MIT (BLIP-2); Apache-2.0 (BERT vocabulary); ours: MIT",
         description="Q-Former trained from scratch that decodes text itself from [DEC], queries as prefix.",
         report=ReportNumbers(1121e6, 110e6, (52.3, 36.7, 24.7, 15.8)),
-        issue=3,
         options=(
             Option(_MAX_NEW_TOKENS, "int", 30, "caption length limit in tokens", minimum=1, maximum=511),
             Option("num_beams", "int", 1, "greedy decoding only (1)", minimum=1, maximum=1),
@@ -342,7 +336,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         licence="MIT (BLIP-2); Apache-2.0 (TinyLlama); ours: MIT",
         description="Fine-tuned BLIP-2 Q-Former, Linear 768->2048 into a frozen TinyLlama-1.1B-Chat.",
         report=ReportNumbers(2274e6, 188.3e6, (72.2, 50.9, 36.1, 25.9)),
-        issue=3,
         options=(
             Option(_MAX_NEW_TOKENS, "int", 30, "caption length limit in tokens", minimum=1, maximum=256),
             Option("num_beams", "int", 1, _NUM_BEAMS_HELP, minimum=1, maximum=8),
@@ -373,7 +366,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         licence="CreativeML Open RAIL++-M",
         description="Stable Diffusion XL base 1.0 through diffusers, fp16 on GPU.",
         report=ReportNumbers(settings="1024x1024, guidance 5.0, Euler, 100 steps"),
-        issue=6,
         options=(_steps(25, 100), _guidance(5.0), _side("width", 1024, 2048), _side("height", 1024, 2048)),
         demo_options=dict(width=_demo_side("width"), height=_demo_side("height")),
         gpu_cost=GpuCost(per_step=0.08),
@@ -401,7 +393,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         demo_layout=dict(pipeline="../sdxl-base", lora="pytorch_lora_weights.safetensors"),
         description="The same SDXL pipeline with our rank-128 LoRA trained on the Flickr8k LoRA split.",
         report=ReportNumbers(settings="1024x1024, guidance 5.0, Euler, 100 steps"),
-        issue=6,
         options=(_steps(25, 100), _guidance(5.0), _side("width", 1024, 2048), _side("height", 1024, 2048)),
         demo_options=dict(width=_demo_side("width"), height=_demo_side("height")),
         gpu_cost=GpuCost(per_step=0.09),
@@ -439,7 +430,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         demo_layout=dict(transformer="transformer.safetensors", vae="vae.safetensors", text_encoder="."),
         description="Bitwise visual autoregressive model (arXiv 2412.04431), our own PyTorch inference.",
         report=ReportNumbers(settings="1024x1024 (13 scales), cfg 3, tau 0.5, top-p 0.97"),
-        issue=7,
         options=(
             _guidance(3.0, "cfg"),
             Option("tau", "float", 0.5, "sampling temperature (default 0.5)", minimum=0.01, maximum=10.0),
@@ -494,7 +484,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         demo_layout=dict(model=".", text_encoder="text_encoder", tokenizer="tokenizer"),
         description="diffusers UNet2DConditionModel on 128x128 pixels, frozen BERT + trainable projection.",
         report=ReportNumbers(settings="DDPM, 1000 train steps, 100 sampling steps, no guidance"),
-        issue=4,
         # The report sampled without guidance (its model had no condition dropout); "fast" uses ours.
         options=(_steps(20, 100), _guidance(3.0, report=1.0)),
         absent=_fixed_size(128),
@@ -537,7 +526,6 @@ _SPECS: tuple[ModelSpec, ...] = (
         demo_layout=dict(model=".", text_encoder="text_encoder", tokenizer="tokenizer"),
         description="VQ-VAE (8192x4 codebook, /8) + latent UNet with cross-attention to CLIP text.",
         report=ReportNumbers(settings="T=1000 scaled-linear betas, 1000 DDPM sampling steps, no guidance"),
-        issue=4,
         # The report sampled with cf_guidance_scale 1.0, i.e. without guidance; "fast" uses ours.
         options=(_steps(25, 1000), _guidance(3.0, report=1.0)),
         absent=_fixed_size(256),

@@ -22,7 +22,7 @@ from mmdemo.interfaces import GenerationRequest
 from mmdemo.monitoring import new_request_id
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, get_spec
 from mmdemo.runtime import ModelManager, OutOfMemory
-from mmdemo.weights import ModelNotImplemented, WeightsUnavailable
+from mmdemo.weights import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +31,13 @@ EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
 
 def _error_text(err: BaseException) -> str:
     """What a panel shows for a failure: our own errors verbatim, anything else with its type."""
-    if isinstance(err, (WeightsUnavailable, ModelNotImplemented, inputs.InputError, OutOfMemory)):
+    if isinstance(err, (WeightsUnavailable, inputs.InputError, OutOfMemory)):
         return str(err)
     return f"{type(err).__name__}: {err}"
 
 
 def _log_failure(action: str, model_id: str, err: BaseException) -> None:
-    if isinstance(err, (WeightsUnavailable, ModelNotImplemented, inputs.InputError)):
+    if isinstance(err, (WeightsUnavailable, inputs.InputError)):
         log.info("%s with %s: %s", action, model_id, err)  # expected states, explained in the panel
     else:
         log.warning("%s with %s failed:\n%s", action, model_id, traceback.format_exc())

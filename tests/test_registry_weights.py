@@ -128,16 +128,6 @@ def test_hub_offline_flag_is_honoured_quickly(monkeypatch):
     weights.hub_reachable.cache_clear()
 
 
-def test_not_implemented_model_says_so(ckpt_root, monkeypatch):
-    # Every model has landed; a registered id without an adapter must still say so plainly.
-    import dataclasses
-
-    spec = dataclasses.replace(get_spec("infinity-2b"), adapter=None)
-    monkeypatch.setitem(REGISTRY, "infinity-2b", spec)
-    with pytest.raises(mmdemo.ModelNotImplemented, match=r"not implemented yet \(tracked in issue #7\)"):
-        mmdemo.load_generator("infinity-2b", profile="demo")
-
-
 class _Boom:
     def __reduce__(self):
         return (print, ("pickle code ran",))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmdemo.interfaces import GenerationRequest, GenerationResult, Generator, ProgressCallback
-from mmdemo.weights import WeightsUnavailable, load_state_dict, read_config
+from mmdemo.weights import WeightsUnavailable, load_state_dict
 
 if TYPE_CHECKING:
     import torch

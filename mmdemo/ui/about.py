@@ -121,7 +121,7 @@ def model_card(model_id: str, in_use: str | None) -> str:
     )
     text = (
         f"### {spec.display_name} (`{spec.id}`)\n{spec.description}\n\n**Licence:** {spec.licence}\n\n"
-        f"**Weights in use:** {in_use or ('not implemented yet' if not spec.implemented else 'unavailable')}\n\n"
+        f"**Weights in use:** {in_use or 'unavailable'}\n\n"
         f"**Full-size sources:**\n{sources}\n"
     )
     card = checkpoint_root() / "demo" / model_id / "README.md"

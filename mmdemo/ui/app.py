@@ -125,14 +125,15 @@ def _option_field(option: Option) -> gr.components.Component:
 
 
 def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
-    implemented = [m for m in GENERATOR_IDS if REGISTRY[m].implemented]
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=2, max_lines=6)
             negative = gr.Textbox(label="Negative prompt (models that support it)", lines=1)
         with gr.Column(scale=2):
             models = gr.CheckboxGroup(
-                [(REGISTRY[m].display_name, m) for m in GENERATOR_IDS], value=implemented, label="Models"
+                [(REGISTRY[m].display_name, m) for m in GENERATOR_IDS],
+                value=list(GENERATOR_IDS),
+                label="Models",
             )
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1)
@@ -190,7 +191,7 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
     example_inputs = [prompt, models, seed, preset, negative, overrides]
     example_outputs = [*images, *texts, records, archive]
     gr.Examples(
-        [[p, implemented, 0, "fast", "", "{}"] for p in example_prompts(ctx)],
+        [[p, list(GENERATOR_IDS), 0, "fast", "", "{}"] for p in example_prompts(ctx)],
         inputs=example_inputs,
         outputs=example_outputs,
         fn=generate,

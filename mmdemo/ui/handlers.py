@@ -40,16 +40,15 @@ class AppContext:
     def create(cls, profile: str, manager: ModelManager | None = None) -> AppContext:
         manager = manager or ModelManager(profile)  # type: ignore[arg-type]
         availability = {
-            model_id: (available_profile(model_id, profile) if spec.implemented else None)  # type: ignore[arg-type]
-            for model_id, spec in REGISTRY.items()
+            model_id: available_profile(model_id, profile)  # type: ignore[arg-type]
+            for model_id in REGISTRY
         }
         return cls(manager, profile, service.load_examples(), availability)
 
     def banner(self) -> str:
         demo = [m for m, p in self.availability.items() if p == "demo"]
         full = [m for m, p in self.availability.items() if p == "full"]
-        missing = [m for m, spec in REGISTRY.items() if spec.implemented and self.availability.get(m) is None]
-        todo = [m for m, spec in REGISTRY.items() if not spec.implemented]
+        missing = [m for m in REGISTRY if self.availability.get(m) is None]
         lines = [f"**Profile: `{self.profile}`.**"]
         if demo:
             lines.append(
@@ -68,8 +67,6 @@ class AppContext:
                 + ", ".join(f"`{m}`" for m in missing)
                 + " (the panel says what to do)."
             )
-        if todo:
-            lines.append("Not implemented yet: " + ", ".join(f"`{m}`" for m in todo) + ".")
         return "\n\n".join(lines)
 
 
