@@ -134,6 +134,8 @@ class CaptionerRecipe:
         mixed_precision: ``"no"`` (fp32), ``"auto"`` (bf16 where the GPU has it), ``"fp16"``, ``"bf16"``.
         image_dropout: dropout on the projected image features the decoder attends to (cross-attention models).
         resize: image preprocessing of the cross-attention models, ``"squash"`` or ``"crop"`` (as above).
+        prompt_format: how ``qformer-tinyllama`` tokenises its prompt and captions (``QFormerLlamaConfig``).
+        max_caption_tokens: where the Q-Former captioners cut a training caption (in tokens).
     """
 
     epochs: int
@@ -147,6 +149,8 @@ class CaptionerRecipe:
     mixed_precision: str
     image_dropout: float
     resize: str
+    prompt_format: str
+    max_caption_tokens: int
 
 
 @dataclass(frozen=True)
@@ -224,15 +228,18 @@ VQVAE: dict[str, VQVAERecipe] = {
 CAPTIONER: dict[str, CaptionerRecipe] = {
     # The report's image2text main.py: Adam 1e-4, weight decay 1e-4, StepLR(30, 0.1) per epoch, 50 epochs,
     # batch 24, seed 2024, one caption per image, fp32, Dropout(0.2) on the projected image features,
-    # Resize((224, 224)) (a squash).
+    # Resize((224, 224)) (a squash); TinyLlama's prompt with <s> padded to 9 tokens, captions cut at 50 tokens.
     REPORT: CaptionerRecipe(
         epochs=50, batch_size=24, lr=1e-4, weight_decay=1e-4, lr_step_epochs=30, lr_gamma=0.1, seed=2024,
-        captions_per_image=1, mixed_precision="no", image_dropout=0.2, resize="squash",
+        captions_per_image=1, mixed_precision="no", image_dropout=0.2, resize="squash", prompt_format="report",
+        max_caption_tokens=50,
     ),  # fmt: skip
-    # Ours (the demos'): bf16 autocast where the GPU has it, no image-feature dropout, centre crops.
+    # Ours (the demos'): bf16 autocast where the GPU has it, no image-feature dropout, centre crops, the prompt
+    # without special tokens or padding, captions cut at 40 tokens.
     OURS: CaptionerRecipe(
         epochs=50, batch_size=24, lr=1e-4, weight_decay=1e-4, lr_step_epochs=30, lr_gamma=0.1, seed=2024,
-        captions_per_image=1, mixed_precision="auto", image_dropout=0.0, resize="crop",
+        captions_per_image=1, mixed_precision="auto", image_dropout=0.0, resize="crop", prompt_format="ours",
+        max_caption_tokens=40,
     ),  # fmt: skip
 }
 

@@ -27,7 +27,9 @@ def test_full_config_is_the_reports_unet_on_meta():
     assert all(p.device.type == "meta" for p in model.parameters())
     unet = model.denoiser.unet
     cfg = unet.config
-    assert (cfg.sample_size, cfg.in_channels, cfg.out_channels, cfg.layers_per_block) == (64, 3, 3, 2)
+    # 128: the size the report trained and sampled at (its listing's sample_size=64 is metadata only).
+    assert (cfg.sample_size, cfg.in_channels, cfg.out_channels, cfg.layers_per_block) == (128, 3, 3, 2)
+    assert model.denoiser.use_mask is False  # the report's UNet attends to the padded prompt unmasked
     assert tuple(cfg.block_out_channels) == (64, 128, 256, 256)
     assert tuple(cfg.down_block_types) == (
         "CrossAttnDownBlock2D",

@@ -68,7 +68,7 @@ def test_pixel_training_resumes_exactly_and_reloads(diffusion_assets, tmp_path, 
         assert (split / name).is_file(), name
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
     generator = mmdemo.load_generator("pixel-diffusion", profile="demo", device="cpu")
-    image = generator.generate("a red circle on the left", seed=0, steps=2)
+    image = generator.generate("a red circle on the left", seed=0, steps=2).image
     assert image.size == (32, 32)
 
 
@@ -87,7 +87,7 @@ def test_vqvae_then_latent_training_and_reload(diffusion_assets, tmp_path, monke
         summary = vq_script.main(vq_script.parse_args([
             "--config", "tiny", "--data", str(diffusion_assets["data"]), "--output-dir", str(vq_out),
             "--train-batch-size", "4", "--max-train-steps", "3", "--disc-start", "1", "--sample-every", "3",
-            "--checkpointing-steps", "3", "--learning-rate", "1e-3",
+            "--checkpointing-steps", "3", "--learning-rate", "1e-3", "--architecture", "report",
         ]))  # fmt: skip
     history = json.loads((vq_out / "history.json").read_text())
     assert history[0]["d_loss"] == 0.0 and history[1]["d_loss"] > 0.0  # PatchGAN starts at --disc-start
@@ -107,11 +107,12 @@ def test_vqvae_then_latent_training_and_reload(diffusion_assets, tmp_path, monke
     assert cache.stat().st_mtime_ns == stamp  # encoded once, reused
     assert [h["step"] for h in json.loads((out / "history.json").read_text())] == [0, 1, 2]
     config = json.loads((out / "config.json").read_text())
-    assert config["latent_scale"] > 0 and config["downsample"] == 2
+    # The report recipe: quantised latents, unscaled, on the report's structure (which the demo folder reloads).
+    assert config["latent_scale"] == 1.0 and config["downsample"] == 2 and config["architecture"] == "report"
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
     image = mmdemo.load_generator("latent-diffusion", profile="demo", device="cpu").generate(
         "a blue square", seed=1, steps=2
-    )
+    ).image
     assert image.size == (32, 32)
 
 

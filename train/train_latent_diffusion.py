@@ -1,15 +1,26 @@
 """Stage 2 of latent diffusion: train the latent UNet on VQ-VAE latents, conditioned on a frozen CLIP text tower.
 
-Defaults are the report's: T=1000 scaled-linear betas (0.00085-0.012), epsilon prediction,
-condition dropout 0.1, frozen ``openai/clip-vit-base-patch16`` text tower (77 x 512); the UNet has
-cross-attention in every block. The training images are encoded **once** by the stage-1 VQ-VAE and cached
-(``latents_cache.safetensors`` in the output folder, keyed by the VQ-VAE weights and the data); the
-latents are scaled to unit variance (``latent_scale`` in config.json).
+``--recipe report`` (the default) is the report's run (its ``train_ddpm_cond.py`` + ``flickr8k_text_cond.yaml``):
+the report's own UNet (widths 256/384/512/768, self- and cross-attention in every layer, 16 heads, 118.5M; the
+full config), T=1000 scaled-linear betas (0.00085-0.012), epsilon prediction, frozen
+``openai/clip-vit-base-patch16`` text tower (77 x 512, the UNet attends to every position); every image with a
+random one of its captions, 256 centre crops, no flips; condition dropout 0.1; Adam lr 5e-6 without weight decay,
+constant, no clipping, fp32, batch 16, 100 shuffled epochs (50 600 steps on Flickr8k); trained on the
+**quantised** VQ-VAE latents, unscaled. The report sampled with 1000 DDPM steps and no guidance.
+
+``--recipe ours`` (the demo's) trains on the continuous (pre-quantisation) latents scaled to unit variance, as
+LDM and Stable Diffusion do, with the pixel model's AdamW 1e-4 + cosine warm-up, clipping, fp16, batch 32,
+50 000 steps. Every setting can be overridden on the command line; the remaining differences from the report's
+run are listed in the README, "How our recipes differ from the report's".
+
+The training images are encoded **once** by the stage-1 VQ-VAE and cached (``latents_cache.safetensors`` in the
+output folder, keyed by the VQ-VAE weights, the data and the latent kind); ``latent_scale`` in config.json is 1
+or 1/std of the training latents.
 
     accelerate launch train/train_latent_diffusion.py --data flickr8k/ --vqvae out/vqvae \
         --text-encoder CLIP_DIR --output-dir out/latent                                   # full size, GPU
     python train/train_latent_diffusion.py --config tiny --data runs/shapes32_single --vqvae runs/vqvae \
-        --text-encoder runs/tiny-clip-text-shapes-3000 --output-dir runs/latent ...          # demo (model card)
+        --text-encoder runs/tiny-clip-text-shapes-3000 --output-dir runs/latent --recipe ours ...  # demo (model card)
 
 The final folder (``config.json``, ``model.safetensors`` with ``vqvae.*`` + ``unet.*``, ``text_encoder/``,
 ``tokenizer/``) is what ``mmdemo.load_generator("latent-diffusion")`` reads.
@@ -45,6 +56,7 @@ from mmdemo.models.diffusion.training import (
     save_weights,
     train_denoiser,
 )
+from mmdemo.recipes import LATENT_DIFFUSION, apply_recipe
 from mmdemo.registry import get_spec
 from mmdemo.training import set_threads
 
@@ -62,8 +74,11 @@ def build_config(args: argparse.Namespace, text_encoder) -> LatentDiffusionConfi
     spec = get_spec("latent-diffusion")
     values = dict(spec.full_config if args.config == "full" else spec.tiny_config)
     stage1 = read_config(args.vqvae)
-    for key in ("image_size", "num_vq_embeddings", "latent_channels", "downsample", "vq_block_out_channels",
-                "vq_layers_per_block", "vq_norm_num_groups", "commitment_cost"):  # fmt: skip
+    stage1.setdefault("architecture", "diffusers")  # stage-1 folders written before the report structure existed
+    for key in ("image_size", "architecture", "num_vq_embeddings", "latent_channels", "downsample",
+                "vq_block_out_channels", "vq_layers_per_block", "vq_norm_num_groups", "vq_num_heads", "commitment_cost"):  # fmt: skip
+        if key not in stage1:
+            continue
         values[key] = stage1[key]
     if args.config == "tiny":
         values["text_encoder"] = Path(args.text_encoder).name
@@ -75,12 +90,19 @@ def build_config(args: argparse.Namespace, text_encoder) -> LatentDiffusionConfi
     return LatentDiffusionConfig.from_dict(values)
 
 
-def encode_dataset(model: LatentDiffusionModel, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """VQ-VAE latents (before quantisation, as LDM trains on them) of every image; (N, C, h, w)."""
+def encode_dataset(
+    model: LatentDiffusionModel, images: torch.Tensor, quantized: bool, batch_size: int = 64
+) -> torch.Tensor:
+    """VQ-VAE latents of every image, (N, C, h, w): the codebook vectors (``quantized``, what the report's
+    ``encode`` returns) or the continuous ones before quantisation (as LDM trains on them)."""
+    from mmdemo.models.diffusion.patchgan import quantize
+
     out = []
+    codebook = model.vqvae.quantize.embedding.weight
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            out.append(model.vqvae.encode(images[i : i + batch_size]).latents.cpu())
+            latents = model.vqvae.encode(images[i : i + batch_size]).latents
+            out.append((quantize(latents, codebook)[0] if quantized else latents).cpu())
     return torch.cat(out)
 
 
@@ -92,6 +114,7 @@ def cached_latents(
 
     key = hashlib.sha256((args.vqvae / VQVAE_FILE).read_bytes()).hexdigest()[:16]
     key += f"-{len(images)}-{hashlib.sha256(images[:: max(1, len(images) // 64)].numpy().tobytes()).hexdigest()[:16]}"
+    key += f"-{args.latents}"
     path = args.output_dir / CACHE_FILE
     if path.is_file():
         from safetensors import safe_open
@@ -100,7 +123,7 @@ def cached_latents(
             if (handle.metadata() or {}).get("key") == key:
                 logger.info("latents: using the cache %s", path)
                 return load_file(str(path))["latents"]
-    latents = encode_dataset(model, images)
+    latents = encode_dataset(model, images, quantized=args.latents == "quantized")
     if is_main:
         save_file({"latents": latents.contiguous()}, str(path), metadata={"key": key})
         logger.info("latents: encoded %d images once -> %s", len(images), path)
@@ -127,8 +150,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--config", choices=("full", "tiny"), default="full")
-    add_denoiser_arguments(p, max_train_steps=50000)
+    p.add_argument("--latents", choices=("quantized", "continuous"), help="codebook vectors or pre-quantisation")
+    p.add_argument(
+        "--scale-latents", action=argparse.BooleanOptionalAction, help="scale the latents to unit variance"
+    )
+    add_denoiser_arguments(p, LATENT_DIFFUSION)
     args = p.parse_args(argv)
+    apply_recipe(args, LATENT_DIFFUSION)
     check_denoiser_arguments(args)
     if not (args.vqvae / VQVAE_FILE).is_file():
         raise ValueError(
@@ -158,11 +186,12 @@ def main(args: argparse.Namespace) -> dict:
     model.vqvae.load_state_dict(load_state_dict(args.vqvae / VQVAE_FILE), strict=True)
     model.vqvae.requires_grad_(False).eval()
     model.to(device)
-    data = load_captioned_images(args.data, config.image_size, args.max_images)
+    data = load_captioned_images(args.data, config.image_size, args.max_images, resize=args.resize)
     # The main process encodes and writes the cache first; the others then read it instead of racing its write.
     with accelerator.main_process_first():
         latents = cached_latents(model, args, data.images, accelerator.is_main_process)
-    config.latent_scale = float(1.0 / latents.std())  # model.config is this object: exported with the model
+    # model.config is this object: the scale is exported with the model and undone before decoding.
+    config.latent_scale = float(1.0 / latents.std()) if args.scale_latents else 1.0
     logger.info("latents %s, scale %.4f", tuple(latents.shape), config.latent_scale)
 
     def encode(captions: list[str]):

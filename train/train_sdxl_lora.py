@@ -1,9 +1,16 @@
 """Train our LoRA for Stable Diffusion XL on Flickr8k (or any captioned image folder).
 
-The defaults are the course report's settings: resolution 512, center crop, random flip, batch 16, 1000 steps,
-AdamW lr 1e-4, cosine schedule without warm-up, max grad norm 1, rank 128 on the UNet attention projections
-(``to_q``, ``to_k``, ``to_v``, ``to_out.0``), bf16 mixed precision where the device has it, a checkpoint every
-100 steps, seed 1337. The VAE and both text encoders stay frozen; only the LoRA learns.
+The defaults are the course report's settings (its ``finetune_diffusion.sh`` running diffusers'
+``train_text_to_image_lora_sdxl.py``): resolution 512, center crop, random flip, batch 16, 1000 steps, AdamW
+lr 1e-4 (weight decay 1e-2), cosine schedule without warm-up, max grad norm 1, rank 128 on the UNet attention
+projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``), bf16 mixed precision where the device has it, a
+checkpoint every 100 steps, seed 1337. The VAE and both text encoders stay frozen; only the LoRA learns.
+
+``--recipe report`` (the default) also keeps the example's precision: it casts the UNet to bf16 before adding
+the adapter, so the LoRA weights and AdamW's states are bf16 (the example casts them to fp32 only under fp16),
+and it encodes with an fp32 VAE. ``--recipe ours`` keeps fp32 master LoRA weights (bf16 rounds away the small
+updates late in the cosine schedule) and runs the VAE in the mixed-precision dtype. See :mod:`mmdemo.recipes`
+and the README, "How our recipes differ from the report's".
 
 Data (``--data DIR``), either
 
@@ -33,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from mmdemo.generators.sdxl import LORA_TARGET_MODULES, LORA_WEIGHT_NAME, encode_tokens, lora_config, tokenize
+from mmdemo.recipes import SDXL_LORA, add_recipe_argument, apply_recipe
 from mmdemo.training.checkpoints import last_checkpoint, prune_checkpoints
 from mmdemo.training.plots import Curve, plot_loss_curves
 
@@ -138,7 +146,7 @@ def weights_variant(pretrained: str) -> str | None:
     return "fp16" if fp16_only else None
 
 
-def load_components(pretrained: str, weight_dtype: torch.dtype) -> dict[str, Any]:
+def load_components(pretrained: str, weight_dtype: torch.dtype, vae_fp32: bool = False) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -159,10 +167,9 @@ def load_components(pretrained: str, weight_dtype: torch.dtype) -> dict[str, Any
     for name in ("text_encoder", "text_encoder_2", "vae", "unet"):
         parts[name].requires_grad_(False)
         parts[name].eval()
-    # SDXL's VAE overflows in fp16 (its config says force_upcast): keep it in fp32 unless the dtype is bf16.
-    vae_dtype = (
-        torch.float32 if parts["vae"].config.force_upcast and weight_dtype == torch.float16 else weight_dtype
-    )
+    # SDXL's VAE overflows in fp16 (its config says force_upcast): keep it in fp32 then, or when asked to.
+    fp16_overflow = parts["vae"].config.force_upcast and weight_dtype == torch.float16
+    vae_dtype = torch.float32 if vae_fp32 or fp16_overflow else weight_dtype
     parts["vae"].to(dtype=vae_dtype)
     for name in ("text_encoder", "text_encoder_2", "unet"):
         parts[name].to(dtype=weight_dtype)
@@ -302,7 +309,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    parser.add_argument(
+        "--lora-dtype", choices=("fp32", "weight"),
+        help="fp32 master LoRA weights, or the mixed-precision dtype (fp16 always gets fp32)",
+    )  # fmt: skip
+    parser.add_argument("--vae-dtype", choices=("fp32", "weight"), help="VAE in fp32 or the mixed-precision dtype")
+    add_recipe_argument(parser, SDXL_LORA)
     args = parser.parse_args(argv)
+    apply_recipe(args, SDXL_LORA)
     if not args.data.is_dir():
         raise ValueError(f"--data {args.data} is not a folder")
     if args.resolution < 8 or args.resolution % 8:
@@ -349,14 +363,16 @@ def main(args: argparse.Namespace) -> Path:
         accelerator.mixed_precision, torch.float32
     )
     examples = read_examples(args.data)
-    parts = load_components(args.pretrained, weight_dtype)
+    parts = load_components(args.pretrained, weight_dtype, vae_fp32=args.vae_dtype == "fp32")
     for name in ("text_encoder", "text_encoder_2", "vae"):
         parts[name].to(accelerator.device)
     unet = parts["unet"].to(accelerator.device)
     unet.add_adapter(lora_config(args.rank))
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    cast_training_params(unet, dtype=torch.float32)  # LoRA weights learn in fp32 under mixed precision
+    # fp16 weights cannot take GradScaler's unscaled steps: the example casts them to fp32 too, but only for fp16.
+    if args.lora_dtype == "fp32" or weight_dtype == torch.float16:
+        cast_training_params(unet, dtype=torch.float32)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(lora_params, lr=args.lr, weight_decay=args.adam_weight_decay)
     lr_scheduler = get_scheduler(

@@ -148,6 +148,7 @@ BLIP2_ITM_UNUSED: dict[str, tuple[str, ...]] = {
     ),
 }
 BLIP2_ITM_VOCAB = 30523  # bert-base-uncased (30522) + [DEC]
+REPORT_PROMPT_TOKENS = 9  # the report's code pads the tokenised prompt (with its <s>) to 9 tokens
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -200,14 +201,23 @@ class QFormerBertConfig(_QFormerConfig):
 
 @dataclass
 class QFormerLlamaConfig(_QFormerConfig):
-    """``qformer-tinyllama``: pretrained Q-Former, ``Linear(qformer_hidden, llm_hidden)``, frozen Llama."""
+    """``qformer-tinyllama``: pretrained Q-Former, ``Linear(qformer_hidden, llm_hidden)``, frozen Llama.
+
+    ``prompt_format``: how the prompt and the caption are tokenised. ``"ours"`` (the demos'): the prompt's tokens,
+    then BOS, the queries, the caption without special tokens. ``"report"``: as the report's code, the prompt with
+    the tokenizer's ``<s>`` and padded with pad tokens (attended) to 9 tokens, then BOS, the queries, and the
+    caption with its leading ``<s>``, which is a target too (the model learns to emit it first).
+    """
 
     llm: str = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"  # an LLM_PRESETS key
     llm_hidden: int = 2048
     prompt: str = REPORT_PROMPT
+    prompt_format: str = "ours"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prompt_format not in ("ours", "report"):
+            raise ValueError(f"prompt_format must be 'ours' or 'report', got {self.prompt_format!r}")
         if self.llm not in LLM_PRESETS:
             raise ValueError(f"unknown language model {self.llm!r}; choose one of {sorted(LLM_PRESETS)}")
         if LLM_PRESETS[self.llm]["hidden_size"] != self.llm_hidden:
@@ -769,6 +779,9 @@ class QFormerLlamaNetwork(_QFormerNetwork):
         tokenizer.padding_side = "right"
         self.tokenizer = tokenizer
         ids = tokenizer(self.config.prompt, add_special_tokens=False)["input_ids"]
+        if self.config.prompt_format == "report":  # <s> + prompt + pad tokens up to 9, as Llama's tokenizer gives
+            ids = [tokenizer.bos_token_id, *ids]
+            ids += [tokenizer.pad_token_id] * max(0, REPORT_PROMPT_TOKENS - len(ids))
         self.prompt_ids = torch.tensor(ids, dtype=torch.long, device="cpu")
         self.newline_id = tokenizer("a\n", add_special_tokens=False)["input_ids"][-1]
 
@@ -783,15 +796,19 @@ class QFormerLlamaNetwork(_QFormerNetwork):
     def forward(self, features: torch.Tensor, captions: list[str]) -> torch.Tensor:
         tokenizer = self._require_tokenizer()
         prefix = self.prefix_embeds(features)
+        report = self.config.prompt_format == "report"
         batch = tokenizer(
             [str(c).strip() + "\n" for c in captions],
             add_special_tokens=False,
             padding=True,
             truncation=True,
-            max_length=self.config.max_caption_tokens,
+            max_length=self.config.max_caption_tokens - int(report),
             return_tensors="pt",
         )
         ids, text_mask = batch["input_ids"].to(prefix.device), batch["attention_mask"].to(prefix.device)
+        if report:  # the report's captions start with <s>, which is then a target like every other token
+            ids = torch.cat([ids.new_full((len(ids), 1), tokenizer.bos_token_id), ids], dim=1)
+            text_mask = torch.cat([text_mask.new_ones((len(ids), 1)), text_mask], dim=1)
         inputs = torch.cat([prefix, self.llm.get_input_embeddings()(ids).to(prefix.dtype)], dim=1)
         attention = torch.cat([text_mask.new_ones(prefix.shape[:2]), text_mask], dim=1)
         # The loss covers the caption and its closing "\n" (which teaches the stop), nothing before them.

@@ -72,6 +72,10 @@ class XAttnConfig:
             split's Flickr8k vocabulary, used for meta builds and parameter counts.
         image_size: encoder input side; ``None`` = the encoder's default (224 full, 96 tiny).
         clip_pretrained: open_clip pretrained tag of the CLIP weights (``openai`` implies QuickGELU).
+        image_dropout: dropout on the projected image features the decoder attends to (report: 0.2; the
+            shipped demos were trained without it). Active in training only.
+        resize: ``"crop"`` (shorter side to ``image_size``, centre crop: the encoders' own eval transform, the
+            demos') or ``"squash"`` (the whole image resized to a square, as the report's ``Resize((224, 224))``).
     """
 
     vision: str = "resnet18"
@@ -84,8 +88,14 @@ class XAttnConfig:
     vocab_size: int = 2096
     image_size: int | None = None
     clip_pretrained: str = "openai"
+    image_dropout: float = 0.0
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
+        if self.resize not in ("crop", "squash"):
+            raise ValueError(f"resize must be 'crop' or 'squash', got {self.resize!r}")
+        if not 0.0 <= self.image_dropout < 1.0:
+            raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
         if self.vision not in VISION_SPECS:
             raise ValueError(
                 f"unknown vision encoder {self.vision!r}; choose one of {', '.join(VISION_SPECS)}"
@@ -147,13 +157,18 @@ def vision_tokens(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
 
 
 def preprocess_images(config: XAttnConfig, images: list[Image.Image]) -> torch.Tensor:  # (B, 3, S, S)
-    """Shorter side to ``image_size``, centre crop, the encoder's normalisation (its own eval transform)."""
+    """Shorter side to ``image_size`` and a centre crop (its own eval transform), or with ``resize="squash"`` the
+    whole image to ``image_size`` squared; then the encoder's normalisation."""
     size = int(config.image_size)
     clip = config.vision_spec["kind"] == "clip"
     mean, std = (CLIP_MEAN, CLIP_STD) if clip else (IMAGENET_MEAN, IMAGENET_STD)
     arrays = []
     for image in images:
         image = image.convert("RGB")
+        if config.resize == "squash":
+            image = image.resize((size, size), Image.BICUBIC if clip else Image.BILINEAR)
+            arrays.append(np.asarray(image, dtype=np.float32))
+            continue
         w, h = image.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -276,6 +291,7 @@ class XAttnCaptionNetwork(CaptionNetwork):
         self.vocab = vocab
         self.vision, vision_dim, self.num_image_tokens = build_vision(config)
         self.vision_proj = nn.Linear(vision_dim, config.d_model)
+        self.image_dropout = nn.Dropout(config.image_dropout)
         self.image_pos = nn.Parameter(torch.zeros(1, self.num_image_tokens, config.d_model))
         self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=PAD_ID)
         self.layers = nn.ModuleList(
@@ -363,6 +379,8 @@ class XAttnCaptionNetwork(CaptionNetwork):
         meta = dict(
             vision=self.config.vision, image_size=self.config.image_size, act=self.config.clip_pretrained
         )
+        if self.config.resize != "crop":  # (so the keys of crop-preprocessed caches stay what they were)
+            meta["resize"] = self.config.resize
         digest.update(json.dumps(meta, sort_keys=True).encode())
         kind = self.config.vision_spec["kind"]
         digest.update(
@@ -377,7 +395,8 @@ class XAttnCaptionNetwork(CaptionNetwork):
     def memory(self, features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer cross-attention keys/values of the image tokens (computed once per caption)."""
         dtype = self.vision_proj.weight.dtype
-        memory = self.vision_proj(features.to(self.vision_proj.weight.device, dtype)) + self.image_pos
+        projected = self.vision_proj(features.to(self.vision_proj.weight.device, dtype))
+        memory = self.image_dropout(projected) + self.image_pos
         return [layer.cross_attn.key_values(memory) for layer in self.layers]
 
     def decode(

@@ -1,9 +1,13 @@
 """Our VQ-VAE latent diffusion model, as a :class:`Generator`.
 
-The network (SPEC section 4): a diffusers ``VQModel`` (codebook 8192 x 4, downsampling 8: 256x256x3 ->
-32x32x4; conv 3->64, blocks 64/128/256/256 with 2 residual layers each, self-attention in the mid block),
-a frozen CLIP ViT-B/16 text tower (77 x 512 states) and a latent ``UNet2DConditionModel`` with
-cross-attention in every block; DDPM T=1000 with scaled-linear betas (0.00085-0.012).
+The network, at full size the report's own (:mod:`mmdemo.models.diffusion.report_nets`): a VQ-VAE
+(codebook 8192 x 4, downsampling 8: 256x256x3 -> 32x32x4; conv 3->64, down stages 64/128/256/256 with 2
+residual layers and a 4x4 stride-2 conv each, a mid block with two 4-head self-attentions, a mirrored decoder
+with transposed convolutions; 22.0M parameters), a frozen CLIP ViT-B/16 text tower (77 x 512 states) and a
+latent UNet with widths 256/384/512/768, mid 768 -> 512, self- and cross-attention in every layer, 16 heads
+(118.5M parameters); DDPM T=1000 with scaled-linear betas (0.00085-0.012). ``architecture="diffusers"``
+builds our own structure instead, diffusers' ``VQModel`` + ``UNet2DConditionModel`` (the demo checkpoint
+uses it at tiny size).
 
 Training is two-stage (``train/train_vqvae.py``, then ``train/train_latent_diffusion.py`` on cached
 latents); sampling denoises latents, snaps them to the codebook and decodes.
@@ -47,6 +51,7 @@ if TYPE_CHECKING:
     from mmdemo.weights import ResolvedWeights
 
 MODEL_FILE = "model.safetensors"
+ARCHITECTURES = ("report", "diffusers")
 
 
 @dataclass
@@ -57,26 +62,39 @@ class LatentDiffusionConfig:
         image_size: pixels per side; latents are ``image_size // downsample`` per side.
         num_vq_embeddings / latent_channels: the VQ codebook (entries x width).
         downsample: VQ-VAE downsampling factor; must be ``2 ** (len(vq_block_out_channels) - 1)``.
-        vq_block_out_channels / vq_layers_per_block / vq_norm_num_groups: the diffusers ``VQModel``.
+        architecture: ``"report"`` (the report's hand-written VQ-VAE and UNet, rebuilt in
+            :mod:`mmdemo.models.diffusion.report_nets`) or ``"diffusers"`` (ours: ``VQModel`` +
+            ``UNet2DConditionModel``; the demo checkpoint).
+        vq_block_out_channels / vq_layers_per_block / vq_norm_num_groups: widths, residual layers per stage
+            and GroupNorm groups of the VQ-VAE.
+        vq_num_heads: heads of the VQ-VAE's mid-block self-attention (report structure only).
         commitment_cost: weight of the VQ commitment loss (report: 0.2).
-        unet_*: the latent ``UNet2DConditionModel`` (cross-attention in every block).
+        unet_block_out_channels / unet_layers_per_block / unet_norm_num_groups: the latent UNet's widths,
+            layers per stage and GroupNorm groups.
+        unet_attention_head_dim: number of attention heads (diffusers' historical name for it).
+        unet_time_embedding_dim / unet_conv_out_channels: the report structure's time embedding width and the
+            width before its output convolution (its mid block narrows from the last width to the one before).
         cross_attention_dim: width of the text states, i.e. the text encoder's hidden size (CLIP B/16: 512).
         text_encoder / text_encoder_config / text_max_length: as in the pixel model (CLIP: 77 tokens).
         latent_scale: multiplies VQ latents before diffusion (unit variance); measured on the training set.
     """
 
     image_size: int = 256
+    architecture: str = "report"
     num_vq_embeddings: int = 8192  # report: codebook 8192 x 4
     latent_channels: int = 4
     downsample: int = 8  # report: 256x256x3 -> 32x32x4
     vq_block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
     vq_layers_per_block: int = 2
     vq_norm_num_groups: int = 32
+    vq_num_heads: int = 4
     commitment_cost: float = 0.2
-    unet_block_out_channels: tuple[int, ...] = (256, 512, 512)  # ours: the report gives no width
+    unet_block_out_channels: tuple[int, ...] = (256, 384, 512, 768)
     unet_layers_per_block: int = 2
-    unet_attention_head_dim: int = 8
+    unet_attention_head_dim: int = 16
     unet_norm_num_groups: int = 32
+    unet_time_embedding_dim: int = 512
+    unet_conv_out_channels: int = 128
     cross_attention_dim: int = 512
     text_encoder: str = "openai/clip-vit-base-patch16"
     text_encoder_config: dict[str, Any] | None = None
@@ -91,6 +109,8 @@ class LatentDiffusionConfig:
     def __post_init__(self) -> None:
         self.vq_block_out_channels = tuple(self.vq_block_out_channels)
         self.unet_block_out_channels = tuple(self.unet_block_out_channels)
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         expected = 2 ** (len(self.vq_block_out_channels) - 1)
         if self.downsample != expected:
             raise ValueError(
@@ -119,6 +139,19 @@ class LatentDiffusionConfig:
 
 
 def build_vqvae(config: LatentDiffusionConfig) -> nn.Module:
+    """The stage-1 autoencoder of ``config.architecture``."""
+    if config.architecture == "report":
+        from mmdemo.models.diffusion.report_nets import ReportVQVAE
+
+        return ReportVQVAE(
+            block_out_channels=config.vq_block_out_channels,
+            layers_per_block=config.vq_layers_per_block,
+            mid_layers=config.vq_layers_per_block,
+            num_heads=config.vq_num_heads,
+            norm_num_groups=config.vq_norm_num_groups,
+            latent_channels=config.latent_channels,
+            num_embeddings=config.num_vq_embeddings,
+        )
     from diffusers import VQModel
 
     n = len(config.vq_block_out_channels)
@@ -134,11 +167,26 @@ def build_vqvae(config: LatentDiffusionConfig) -> nn.Module:
         num_vq_embeddings=config.num_vq_embeddings,
         vq_embed_dim=config.latent_channels,
         norm_num_groups=config.vq_norm_num_groups,
-        mid_block_add_attention=True,  # report: mid block with self-attention
+        mid_block_add_attention=True,
     )
 
 
 def build_latent_unet(config: LatentDiffusionConfig) -> nn.Module:
+    """The stage-2 denoiser of ``config.architecture``."""
+    if config.architecture == "report":
+        from mmdemo.models.diffusion.report_nets import ReportUNet
+
+        return ReportUNet(
+            in_channels=config.latent_channels,
+            block_out_channels=config.unet_block_out_channels,
+            layers_per_block=config.unet_layers_per_block,
+            mid_layers=config.unet_layers_per_block,
+            num_heads=config.unet_attention_head_dim,
+            norm_num_groups=config.unet_norm_num_groups,
+            time_embedding_dim=config.unet_time_embedding_dim,
+            conv_out_channels=config.unet_conv_out_channels,
+            cross_attention_dim=config.cross_attention_dim,
+        )
     from diffusers import UNet2DConditionModel
 
     n = len(config.unet_block_out_channels)
@@ -188,9 +236,9 @@ class LatentDiffusionGenerator(TextDiffusionGenerator):
     """``latent-diffusion``: text -> 256x256 (demo: 32x32) image with the "report" (DDPM) or "fast" preset."""
 
     param_note = (
-        "ours = diffusers VQModel (8192x4 codebook, /8, blocks 64/128/256/256) + latent UNet 256/512/512 with "
-        "cross-attention in every block (UNet width ours: the report gives none) + frozen CLIP ViT-B/16 text "
-        "tower; the report states no parameter count"
+        "the report's structure (its code's config; the report text states no count): VQ-VAE 22.0M (4x4 stride-2 "
+        "convs, two 4-head mid attentions) + latent UNet 256/384/512/768, self+cross-attention in every layer, 16 "
+        "heads, 118.5M + frozen CLIP ViT-B/16 text tower 63.2M"
     )
 
     @classmethod
@@ -211,7 +259,10 @@ class LatentDiffusionGenerator(TextDiffusionGenerator):
     ) -> LatentDiffusionGenerator:
         from mmdemo.weights import load_state_dict, read_config
 
-        config = LatentDiffusionConfig.from_dict(read_config(own))
+        values = read_config(own)
+        # Checkpoints written before the report structure existed were all VQModel + UNet2DConditionModel.
+        values.setdefault("architecture", "diffusers")
+        config = LatentDiffusionConfig.from_dict(values)
         model = LatentDiffusionModel(config, load_text_encoder("clip", text_dir))
         state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
         expected = set(model.trainable_state_dict())

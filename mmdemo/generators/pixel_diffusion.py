@@ -1,7 +1,8 @@
 """Our pixel-space diffusion model ("our diffusion" in the report), as a :class:`Generator`.
 
-The network: a diffusers ``UNet2DConditionModel`` on 64x64 RGB pixels with the report's
-exact configuration (blocks 64/128/256/256, two layers each, cross-attention in the two high-resolution
+The network: a diffusers ``UNet2DConditionModel`` on 128x128 RGB pixels (the report trained and sampled at
+128 px; the ``sample_size=64`` in its UNet listing is metadata only) with the report's exact configuration
+(blocks 64/128/256/256, two layers each, cross-attention in the two high-resolution
 blocks, cross-attention width 512), conditioned on a frozen ``bert-base-uncased`` through a trainable
 Linear(768, 512) -> GELU -> LayerNorm projection; DDPM with 1000 linear-beta steps and epsilon prediction.
 
@@ -59,10 +60,12 @@ class PixelDiffusionConfig:
         text_encoder: Hub id of the frozen encoder, or the name of a tiny one trained on Shapes.
         text_encoder_config: ``BertConfig`` kwargs of a tiny encoder; None for the Hub model's own config.
         text_max_length: tokens per prompt (padded or truncated).
+        cross_attention_mask: hide the padding positions of the prompt from cross-attention. The report's UNet
+            attends to all ``text_max_length`` states, padding included (False); our demo masks them (True).
         num_train_timesteps / beta_schedule / beta_start / beta_end / prediction_type: the DDPM schedule.
     """
 
-    sample_size: int = 64  # report: 64x64 pixels
+    sample_size: int = 128  # report: trained and sampled at 128x128
     in_channels: int = 3
     block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
     layers_per_block: int = 2
@@ -79,6 +82,7 @@ class PixelDiffusionConfig:
     text_encoder: str = "google-bert/bert-base-uncased"
     text_encoder_config: dict[str, Any] | None = None
     text_max_length: int = 24  # report: text max length 24
+    cross_attention_mask: bool = False  # report: no mask on the padded prompt
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"  # report: linear betas, epsilon prediction
     beta_start: float = 0.0001
@@ -118,6 +122,7 @@ class PixelDenoiser(nn.Module):
         from diffusers import UNet2DConditionModel
 
         dim = config.cross_attention_dim
+        self.use_mask = config.cross_attention_mask
         self.text_proj = nn.Sequential(nn.Linear(text_hidden, dim), nn.GELU(), nn.LayerNorm(dim))
         self.unet = UNet2DConditionModel(
             sample_size=config.sample_size,
@@ -141,7 +146,8 @@ class PixelDenoiser(nn.Module):
     ) -> torch.Tensor:
         states = self.text_proj(text_hidden)  # (B, L, cross_attention_dim)
         return self.unet(
-            sample, timesteps, encoder_hidden_states=states, encoder_attention_mask=text_mask
+            sample, timesteps, encoder_hidden_states=states,
+            encoder_attention_mask=text_mask if self.use_mask else None,
         ).sample
 
 
@@ -160,11 +166,12 @@ class PixelDiffusionModel(nn.Module):
 
 
 class PixelDiffusionGenerator(TextDiffusionGenerator):
-    """``pixel-diffusion``: text -> 64x64 (demo: 32x32) image with the "report" (DDPM) or "fast" preset."""
+    """``pixel-diffusion``: text -> 128x128 (demo: 32x32) image with the "report" (DDPM) or "fast" preset."""
 
     param_note = (
-        "ours = the report's UNet2DConditionModel config exactly + frozen bert-base-uncased (without its "
-        "unused pooler) + trainable Linear(768,512)/GELU/LayerNorm; the report states no parameter count"
+        "the report's UNet2DConditionModel config exactly (trained at 128 px, as the report did) + frozen "
+        "bert-base-uncased (without its unused pooler) + trainable Linear(768,512)/GELU/LayerNorm; the report "
+        "states no parameter count"
     )
 
     @classmethod
@@ -185,7 +192,10 @@ class PixelDiffusionGenerator(TextDiffusionGenerator):
     ) -> PixelDiffusionGenerator:
         from mmdemo.weights import load_state_dict, read_config
 
-        config = PixelDiffusionConfig.from_dict(read_config(own))
+        values = read_config(own)
+        # Checkpoints written before the field existed were all trained with the padding masked.
+        values.setdefault("cross_attention_mask", True)
+        config = PixelDiffusionConfig.from_dict(values)
         model = PixelDiffusionModel(config, load_text_encoder("bert", text_dir))
         state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
         model.denoiser.load_state_dict(state, strict=True)

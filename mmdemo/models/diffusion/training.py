@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,16 @@ class CaptionedImages:
         return len(self.names)
 
 
-def load_captioned_images(folder: str | Path, resolution: int, limit: int | None = None) -> CaptionedImages:
+def load_captioned_images(
+    folder: str | Path, resolution: int, limit: int | None = None, resize: str = "crop"
+) -> CaptionedImages:
     """Read a Flickr8k-layout folder (``Images/`` + ``captions.txt``): Shapes here, Flickr8k on a GPU box.
 
-    Images are resized (bicubic) and centre-cropped to ``resolution``.
+    Images are resized (bicubic) to ``resolution`` squares: ``resize="crop"`` takes the centre square first,
+    ``"squash"`` resizes the whole image (changing its aspect ratio, as ``Resize((s, s))`` does).
     """
+    if resize not in ("crop", "squash"):
+        raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}")
     from PIL import Image
 
     from mmdemo.data.flickr8k import load_flickr8k
@@ -57,9 +62,10 @@ def load_captioned_images(folder: str | Path, resolution: int, limit: int | None
     arrays = []
     for name in names:
         image = corpus.open_image(name)
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        if resize == "crop":
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
         if image.size != (resolution, resolution):
             image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
         arrays.append(np.asarray(image, dtype=np.uint8))
@@ -77,22 +83,78 @@ def step_generator(seed: int, step: int, process_index: int = 0) -> torch.Genera
     return torch.Generator().manual_seed((seed * 1_000_003 + process_index * 2**40 + step) % (2**63))
 
 
+def batch_rows(
+    n: int, batch_size: int, micro_step: int, *, sampling: str, seed: int, process_index: int,
+    generator: torch.Generator,
+) -> torch.Tensor | None:
+    """Rows of micro-batch ``micro_step``: None for ``sampling="iid"`` (the caller draws them with
+    ``generator``); for ``"epochs"`` a slice of this epoch's permutation of ``range(n)`` (the last batch of an
+    epoch is short), so each epoch sees every row once, as a shuffling ``DataLoader`` does. The permutation
+    depends only on (seed, process, epoch): a resumed run continues the same epoch."""
+    if sampling == "iid":
+        return None
+    if sampling != "epochs":
+        raise ValueError(f"sampling must be 'epochs' or 'iid', got {sampling!r}")
+    per_epoch = math.ceil(n / batch_size)
+    epoch, j = divmod(micro_step, per_epoch)
+    order = torch.randperm(n, generator=step_generator(seed + 1, epoch, process_index))
+    return order[j * batch_size : (j + 1) * batch_size]
+
+
 def draw_batch(
     clean: torch.Tensor,
     captions: list[list[str]],
     batch_size: int,
     generator: torch.Generator,
     cond_dropout: float,
+    *,
+    rows: torch.Tensor | None = None,
+    first_caption: bool = False,
 ) -> tuple[torch.Tensor, list[str]]:
-    """Random rows of ``clean`` (images or their latents), one random caption of each, and "" for a
-    ``cond_dropout`` fraction (for classifier-free guidance)."""
-    index = torch.randint(len(clean), (batch_size,), generator=generator)
-    which = torch.randint(1_000_000, (batch_size,), generator=generator)
-    drop = torch.rand(batch_size, generator=generator) < cond_dropout
+    """Rows of ``clean`` (images or their latents; ``rows``, or random ones), one caption of each (a random one,
+    or the first with ``first_caption``), and "" for a ``cond_dropout`` fraction (for classifier-free guidance)."""
+    index = rows if rows is not None else torch.randint(len(clean), (batch_size,), generator=generator)
+    which = torch.randint(1_000_000, (len(index),), generator=generator)
+    drop = torch.rand(len(index), generator=generator) < cond_dropout
     chosen = []
     for i, k, d in zip(index.tolist(), which.tolist(), drop.tolist()):
-        chosen.append("" if d else captions[i][k % len(captions[i])])
+        chosen.append("" if d else captions[i][0 if first_caption else k % len(captions[i])])
     return clean[index], chosen
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image mirrored left-right with probability 1/2."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def maybe_no_sync(accelerator: Any, model: nn.Module, sync: bool) -> Any:
+    """accelerate's ``no_sync`` for a micro-batch that does not end an update: DDP then all-reduces the
+    accumulated gradients once, on the last one."""
+    import contextlib
+
+    return contextlib.nullcontext() if sync else accelerator.no_sync(model)
+
+
+def make_optimizer(
+    params: Any, name: str, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
+    """torch's ``Adam`` (weight decay as L2) or ``AdamW`` (decoupled), by name."""
+    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if name not in classes:
+        raise ValueError(f"optimizer must be one of {sorted(classes)}, got {name!r}")
+    return classes[name](params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def make_lr_schedule(
+    optimizer: torch.optim.Optimizer, name: str, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``"cosine"`` (:func:`cosine_with_warmup`) or ``"constant"`` (the learning rate as given, no warm-up)."""
+    if name == "cosine":
+        return cosine_with_warmup(optimizer, warmup, total)
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    raise ValueError(f"lr schedule must be 'cosine' or 'constant', got {name!r}")
 
 
 class EMA:
@@ -241,28 +303,40 @@ class swapped_weights:  # noqa: N801 - used as a context manager, reads like one
 # The loop both text-conditioned denoisers (pixel-diffusion, latent-diffusion) train with
 
 
-def add_denoiser_arguments(p: argparse.ArgumentParser, *, max_train_steps: int) -> None:
-    """The command-line options both denoiser scripts share (defaults: the report's)."""
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
-    p.add_argument("--train-batch-size", type=int, default=32, help="per process")
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--lr-warmup-steps", type=int, default=500)
-    p.add_argument("--max-train-steps", type=int, default=max_train_steps)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="fp16")
-    p.add_argument(
-        "--cond-dropout", type=float, default=0.1, help="fraction of captions replaced by '' (CFG)"
-    )
+def add_denoiser_arguments(p: argparse.ArgumentParser, recipes: Mapping[str, Any]) -> None:
+    """The command-line options both denoiser scripts share, then ``--recipe``: every option that is a field
+    of the recipe (:class:`mmdemo.recipes.DenoiserRecipe`) defaults to the chosen recipe's value. Call it after
+    the script's own recipe options."""
+    from mmdemo.recipes import add_recipe_argument
+
+    p.add_argument("--max-images", type=int, help="use only the first N images")
+    p.add_argument("--captions", choices=("first", "random"), help="each image's first caption, or a random one")
+    p.add_argument("--sampling", choices=("epochs", "iid"), help="shuffled epochs, or i.i.d. batches")
+    p.add_argument("--epochs", type=int, help="length in passes over the data (unless --max-train-steps)")
+    p.add_argument("--max-train-steps", type=int, help="length in optimiser steps (wins over --epochs)")
+    p.add_argument("--train-batch-size", type=int, help="per process")
+    p.add_argument("--optimizer", choices=("adam", "adamw"))
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"))
+    p.add_argument("--lr-warmup-steps", type=int)
+    p.add_argument("--max-grad-norm", type=float, help="0: no clipping")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
+    p.add_argument("--cond-dropout", type=float, help="fraction of captions replaced by '' (CFG)")
+    p.add_argument("--resize", choices=("crop", "squash"), help="centre square then resize, or resize the whole image")
+    p.add_argument("--use-ema", action=argparse.BooleanOptionalAction)
+    p.add_argument("--ema-decay", type=float)
     p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None)
     p.add_argument("--beta-schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"), default=None)
-    p.add_argument("--use-ema", action="store_true")
-    p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--checkpointing-steps", type=int, default=500)
     p.add_argument("--checkpoints-total-limit", type=int, default=2)
     p.add_argument("--resume-from-checkpoint", default=None, help="'latest' or a checkpoint-<step> folder")
     p.add_argument("--sample-every", type=int, default=500, help="loss curve + sample grid every N steps")
     p.add_argument("--sample-steps", type=int, default=20, help="fast-preset steps for the sample grids")
-    p.add_argument("--guidance", type=float, default=3.0, help="guidance of the sample grids")
+    p.add_argument(
+        "--guidance", type=float, default=None,
+        help="guidance of the sample grids (default: 3 when the model trains with condition dropout, else 1)",
+    )  # fmt: skip
     p.add_argument(
         "--save-fp16", action="store_true", help="store the final weights in fp16 (loaded back as fp32)"
     )
@@ -273,12 +347,21 @@ def add_denoiser_arguments(p: argparse.ArgumentParser, *, max_train_steps: int) 
         help="stop (checkpoint + export) at the first step boundary after this much training time",
     )
     p.add_argument("--seed", type=int, default=2024)
+    add_recipe_argument(p, recipes)
 
 
 def check_denoiser_arguments(args: argparse.Namespace) -> None:
-    """Reject the shared options' impossible values before any model is built."""
-    if args.max_train_steps < 1 or args.train_batch_size < 1:
-        raise ValueError("--max-train-steps and --train-batch-size must be positive")
+    """Reject the shared options' impossible values before any model is built (after the recipe is applied)."""
+    if args.max_train_steps is None and args.epochs is None:
+        raise ValueError("give --max-train-steps or --epochs")
+    if (args.max_train_steps is not None and args.max_train_steps < 1) or (args.epochs is not None and args.epochs < 1):
+        raise ValueError("--max-train-steps and --epochs must be positive")
+    if args.train_batch_size < 1:
+        raise ValueError("--train-batch-size must be positive")
+    if args.max_grad_norm < 0 or args.learning_rate <= 0 or args.weight_decay < 0:
+        raise ValueError("--learning-rate must be positive, --max-grad-norm and --weight-decay >= 0")
+    if args.guidance is None:
+        args.guidance = 3.0 if args.cond_dropout > 0 else 1.0  # guidance needs an unconditional model
     if not 0.0 <= args.cond_dropout < 1.0:
         raise ValueError(f"--cond-dropout must be in [0, 1), got {args.cond_dropout}")
     if not 0.0 < args.ema_decay < 1.0:
@@ -295,7 +378,8 @@ def check_denoiser_arguments(args: argparse.Namespace) -> None:
 class DenoiserTask:
     """What one text-to-image model brings to :func:`train_denoiser`; the loop itself is shared.
 
-    ``clean`` is what gets noised (pixels, or cached VQ-VAE latents), row for row with ``captions``.
+    ``clean`` is what gets noised (pixels, or cached VQ-VAE latents), row for row with ``captions``;
+    ``hflip`` mirrors half of each batch (pixels only: a mirrored latent is not the latent of a mirrored image).
     """
 
     title: str  # progress bar, log and plot title
@@ -308,13 +392,14 @@ class DenoiserTask:
     predict: Callable[[nn.Module, torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (net, noisy, t, text)
     sample: Callable[[list[str]], list[Any]]  # prompts -> PIL images with the denoiser's current weights
     export: Callable[[Path], None]  # write the loadable model folder with the denoiser's current weights
+    hflip: bool = False
 
 
 def train_denoiser(
     args: argparse.Namespace, accelerator: Any, task: DenoiserTask, prompts: list[str]
 ) -> dict:
     """Train ``task.denoiser`` by denoising score matching with the shared options (see
-    :func:`add_denoiser_arguments`): AdamW + cosine warm-up, gradient clipping, optional EMA, resumable
+    :func:`add_denoiser_arguments`): the recipe's data, optimiser, schedule, clipping and EMA, resumable
     checkpoints, loss curve and sample grids of ``prompts``, ``--max-minutes``; export at the end."""
     from tqdm.auto import tqdm
 
@@ -323,10 +408,16 @@ def train_denoiser(
     device = accelerator.device
     denoiser, config, out = task.denoiser, task.config, args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=args.learning_rate)
-    # accelerate steps a prepared scheduler once per process per optimiser step, hence the factor.
     n_proc = accelerator.num_processes
-    lr_scheduler = cosine_with_warmup(optimizer, args.lr_warmup_steps * n_proc, args.max_train_steps * n_proc)
+    if args.max_train_steps is None:  # the recipe's epochs of the global batch; recorded in training_args.json
+        from mmdemo.recipes import steps_for_epochs
+
+        args.max_train_steps = steps_for_epochs(args.epochs, len(task.clean), args.train_batch_size * n_proc)
+    optimizer = make_optimizer(denoiser.parameters(), args.optimizer, args.learning_rate, args.weight_decay)
+    # accelerate steps a prepared scheduler once per process per optimiser step, hence the factor.
+    lr_scheduler = make_lr_schedule(
+        optimizer, args.lr_schedule, args.lr_warmup_steps * n_proc, args.max_train_steps * n_proc
+    )
     ema = EMA(denoiser, args.ema_decay) if args.use_ema else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
@@ -342,9 +433,14 @@ def train_denoiser(
     started = time.time()
     for step in bar:
         generator = step_generator(args.seed, step, accelerator.process_index)
+        rows = batch_rows(len(task.clean), args.train_batch_size, step, sampling=args.sampling, seed=args.seed,
+                          process_index=accelerator.process_index, generator=generator)  # fmt: skip
         clean, captions = draw_batch(
-            task.clean, task.captions, args.train_batch_size, generator, args.cond_dropout
-        )
+            task.clean, task.captions, args.train_batch_size, generator, args.cond_dropout,
+            rows=rows, first_caption=args.captions == "first",
+        )  # fmt: skip
+        if task.hflip:
+            clean = random_hflip(clean, generator)
         noise = torch.randn(clean.shape, generator=generator)
         timesteps = torch.randint(0, config.num_train_timesteps, (len(clean),), generator=generator)
         clean, noise, timesteps = clean.to(device), noise.to(device), timesteps.to(device)
@@ -359,7 +455,7 @@ def train_denoiser(
             pred = task.predict(wrapped, noisy, timesteps, text)
         loss = F.mse_loss(pred.float(), target.float())
         accelerator.backward(loss)
-        if accelerator.sync_gradients:
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(denoiser.parameters(), args.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
