@@ -88,6 +88,8 @@ def write_gallery(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    models = list(models)
+    cells = [c for c in cells if c.model in models]  # the columns asked for, in their order
     pictures = [c for c in cells if c.file is not None]
     inline = len(pictures) <= INLINE_AT_MOST if inline is None else inline
     prompts: dict[int, str] = {}
