@@ -10,7 +10,7 @@ constant, no clipping, fp32, batch 16, 100 shuffled epochs (50 600 steps on Flic
 
 ``--recipe ours`` (the demo's) trains on the continuous (pre-quantisation) latents scaled to unit variance, as
 LDM and Stable Diffusion do, with the pixel model's AdamW 1e-4 + cosine warm-up, clipping, fp16, batch 32,
-50 000 steps. Every setting can be overridden on the command line; the remaining differences from the report's
+50 000 steps, on the first 7000 images only (the test-prompt images stay unseen). Every setting can be overridden on the command line; the remaining differences from the report's
 run are listed in the README, "How our recipes differ from the report's".
 
 The training images are encoded **once** by the stage-1 VQ-VAE and cached (``latents_cache.safetensors`` in the

@@ -10,7 +10,8 @@ steps, grad clip 1.0, fp16 mixed precision, no condition dropout and no EMA. The
 guidance (the registry's "report" preset does too).
 
 ``--recipe ours`` (the demo's) adds 10 % condition dropout so classifier-free guidance works and masks the
-padding, trains on every image with a random one of its captions (centre crops, no flips), 20 000 steps.
+padding, trains on the same 7000 images with a random one of their captions (centre crops, no flips), 20 000
+steps.
 Every setting of :mod:`mmdemo.recipes` can be overridden on the command line. What still differs from the
 report's run, and the report-code bugs we do not copy (its frozen BERT left in dropout mode): README, "How our
 recipes differ from the report's".
