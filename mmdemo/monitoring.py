@@ -26,8 +26,9 @@ REQUEST_LOGGER = "mmdemo.requests"
 log = logging.getLogger(REQUEST_LOGGER)
 
 # A run ends in one of these. "recovered" ran after an out-of-memory error freed memory and it retried once;
-# "unavailable" is a model without weights (or not implemented), "rejected" an input the model refused.
-OUTCOMES = ("ok", "recovered", "unavailable", "rejected", "out_of_memory", "error")
+# "unavailable" is a model without weights (or not implemented), "rejected" an input the model refused,
+# "cancelled" a run stopped because its client went away.
+OUTCOMES = ("ok", "recovered", "unavailable", "rejected", "cancelled", "out_of_memory", "error")
 FAILED = ("out_of_memory", "error")
 
 DEFAULT_CACHE_TTL = 3600  # seconds a generated picture, zip or upload stays downloadable

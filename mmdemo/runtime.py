@@ -67,6 +67,14 @@ class OutOfMemory(RuntimeError):
         self.model_id = model_id
 
 
+class RequestCancelled(BaseException):
+    """Raised from a progress callback to stop a run whose requester left.
+
+    A ``BaseException``, like ``asyncio.CancelledError``, so the per-model ``except Exception`` that keeps one
+    model's failure in its own panel lets it through and the whole request ends.
+    """
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """CUDA's out-of-memory error (``torch.OutOfMemoryError``) or the CPU's ``MemoryError``."""
     if isinstance(err, MemoryError):
@@ -86,6 +94,8 @@ def outcome_of(err: BaseException) -> str:
         return "rejected"
     if isinstance(err, OutOfMemory):
         return "out_of_memory"
+    if isinstance(err, RequestCancelled):
+        return "cancelled"
     return "error"
 
 

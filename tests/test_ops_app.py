@@ -211,3 +211,63 @@ def test_short_soak_keeps_the_temp_folder_bounded_and_the_app_answering(server, 
     # left: the page's own pictures (examples, loss curves) that were there before, and nothing generated
     assert size <= baseline + 50_000, (size, baseline, entries)
     assert client.predict(api_name="/health")["status"] == "ok"
+
+
+LONG_RUN = ("a red circle", ["pixel-diffusion"], 1, "report", "", '{"pixel-diffusion": {"steps": 1000}}')
+CLIENT_SCRIPT = """
+import sys, time
+from gradio_client import Client
+client = Client(sys.argv[1], verbose=False, download_files=False)
+job = client.submit(*{args!r}, api_name="/generate")
+while not any("step" in (p.desc or "") for p in (job.status().progress_data or [])):
+    time.sleep(0.1)
+print("sampling", flush=True)
+time.sleep(600)
+"""
+
+
+def _next_request_seconds(client) -> float:
+    start = time.perf_counter()
+    _generate(client, ["infinity-2b"], seed=11)
+    return time.perf_counter() - start
+
+
+def _cancelled_runs(client) -> int:
+    return client.predict(api_name="/stats")["models"].get("pixel-diffusion", {}).get("cancelled", 0)
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_mid_generation_frees_the_worker(server, client):
+    """A killed client process closes its connection while pixel diffusion samples 1000 steps (a minute or
+    more here); the run stops at its next step and the next request gets the model slot at once."""
+    import subprocess
+    import sys
+
+    _generate(client, ["pixel-diffusion", "infinity-2b"], seed=1)  # both loaded: the timing below is the wait
+    cancelled = _cancelled_runs(client)
+    script = CLIENT_SCRIPT.format(args=LONG_RUN)
+    process = subprocess.Popen([sys.executable, "-c", script, server[0]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "sampling"
+    finally:
+        process.kill()  # the connection closes without a word, as when a browser tab is closed
+        process.wait(10)
+    waited = _next_request_seconds(client)
+    assert waited < 20, f"the next request waited {waited:.1f} s: the abandoned run kept the worker"
+    assert _cancelled_runs(client) == cancelled + 1
+
+
+@pytest.mark.slow
+def test_a_cancelled_api_job_stops_sampling_and_frees_the_worker(server, client):
+    second = Client(server[0], verbose=False, download_files=False)
+    cancelled = _cancelled_runs(client)
+    job = second.submit(*LONG_RUN, api_name="/generate")
+    deadline = time.time() + 120
+    while not any("step" in (p.desc or "") for p in (job.status().progress_data or [])):
+        assert time.time() < deadline, "sampling never started"
+        time.sleep(0.1)
+    start = time.perf_counter()
+    job.cancel()
+    waited = time.perf_counter() - start + _next_request_seconds(client)
+    assert waited < 20, f"cancel plus the next request took {waited:.1f} s"
+    assert _cancelled_runs(client) == cancelled + 1

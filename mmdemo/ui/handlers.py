@@ -22,6 +22,7 @@ from gradio.utils import get_upload_folder
 from mmdemo import inputs, service
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
 from mmdemo.runtime import ModelManager
+from mmdemo.ui.cancel import raise_if_abandoned
 from mmdemo.weights import available_profile
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,10 @@ def generate_handler(ctx: AppContext):
         for index, model_id in enumerate(models):
             texts[model_id] = _panel_markdown(None, model_id, "running…")
             progress((index, len(models)), desc=f"{model_id}")
-            step_progress = lambda m, done, total: progress((done, total), desc=f"{m}: step {done}/{total}")  # noqa: E731
+            def step_progress(m: str, done: int, total: int) -> None:
+                raise_if_abandoned()  # a closed tab or cancelled job stops sampling at the next step
+                progress((done, total), desc=f"{m}: step {done}/{total}")
+
             for done_id, image, record in service.generate_images(
                 ctx.manager, settings, [model_id], scorer=alignment_scorer(), progress=step_progress
             ):
