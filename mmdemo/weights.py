@@ -293,12 +293,12 @@ def plan_source(spec: ModelSpec | None, source: HubFiles, *, use_hub: bool) -> S
         listing = repo_file_sizes(source.repo_id, source.revision)
     except Exception as err:  # noqa: BLE001 - not found, gated, private, network: all mean "cannot be had"
         plan.problem = f"not on the Hub ({type(err).__name__}: {_first_line(err)})"
-        plan.looked.append(f"Hub {source.repo_id}: {type(err).__name__}")
+        plan.looked.append(f"Hub {source.repo_id}: {plan.problem}")
         return plan
     chosen, lacking = select_files(source, listing)
     if lacking:
         plan.problem = f"the Hub repo has no {', '.join(lacking)}"
-        plan.looked.append(f"Hub {source.repo_id}: lacks {', '.join(lacking)}")
+        plan.looked.append(f"Hub {source.repo_id}: {plan.problem}")
         return plan
     plan.fetch, plan.fetch_bytes, plan.origin = chosen, sum(listing[f] or 0 for f in chosen), "Hub"
     return plan
@@ -406,13 +406,17 @@ def resolve(model_id: str, profile: Profile = "auto", *, download: bool | None =
     spec = get_spec(model_id)
     if decision.runs is None:
         label = "auto (full or demo)" if profile == "auto" else profile
-        raise WeightsUnavailable(spec.id, label, decision.looked_in or [decision.reason], _remedy(spec, profile))
+        raise WeightsUnavailable(
+            spec.id, label, decision.looked_in or [decision.reason], _remedy(spec, profile)
+        )
     if decision.runs == "demo":
         return ResolvedWeights.demo(spec, checkpoint_root() / "demo" / spec.local_dir_name, decision.reason)
     components: dict[str, Path] = {}
     origins: dict[str, str] = {}
     for plan in decision.plans:
-        folder, origin = (plan.folder, plan.origin) if plan.folder is not None else (_fetch(plan), "downloaded")
+        folder, origin = (
+            (plan.folder, plan.origin) if plan.folder is not None else (_fetch(plan), "downloaded")
+        )
         lacking = missing_files(plan.source, folder)
         if lacking:
             raise WeightsUnavailable(

@@ -14,7 +14,9 @@ def test_demo_images_are_judged_by_shapes_eval():
     score, name = alignment.score_alignment(render_scene(scene), prompt, "demo")
     assert name.startswith("ShapesEval") and score == pytest.approx(1.0)
     wrong_prompt, wrong_scene = next(
-        (p, s) for p, s in sample_single_object_prompts(50, seed=6) if s.objects[0].color != scene.objects[0].color
+        (p, s)
+        for p, s in sample_single_object_prompts(50, seed=6)
+        if s.objects[0].color != scene.objects[0].color
     )
     score_wrong, _ = alignment.score_alignment(render_scene(scene), wrong_prompt, "demo")
     assert score_wrong < 1.0
@@ -43,13 +45,20 @@ def test_clip_score_network_uses_quickgelu_like_openais_weights(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    reference, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None, force_quick_gelu=True)
+    reference, _, _ = open_clip.create_model_and_transforms(
+        "ViT-B-32", pretrained=None, force_quick_gelu=True
+    )
     (tmp_path / "open_clip_config.json").write_text("{}")  # must never be taken for the weights
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()},
+        str(tmp_path / "open_clip_model.safetensors"),
+    )
     assert alignment.clip_weights_file(tmp_path).name == "open_clip_model.safetensors"
 
     model, preprocess, tokenizer = alignment.build_clip(alignment.clip_weights_file(tmp_path))
-    activations = {type(block.mlp.gelu) for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]}
+    activations = {
+        type(block.mlp.gelu) for block in [*model.visual.transformer.resblocks, *model.transformer.resblocks]
+    }
     assert activations == {QuickGELU}
 
     plain_gelu, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
