@@ -17,7 +17,8 @@ from mmdemo import service
 from mmdemo.interfaces import GenerationResult, Generator
 from mmdemo.monitoring import OpsSettings, RequestMonitor, folder_size, sweep_empty_dirs
 from mmdemo.registry import get_spec
-from mmdemo.runtime import ModelManager, OutOfMemory
+from mmdemo.runtime import ModelManager, OutOfMemory, RequestCancelled
+from mmdemo.ui.cancel import raise_if_abandoned, request_abandoned
 
 
 class FlakyGenerator(Generator):
@@ -253,3 +254,37 @@ def test_sweep_removes_only_old_empty_folders(tmp_path):
     assert sweep_empty_dirs(tmp_path, older_than=50) == 1
     assert not old_empty.exists() and new_empty.exists() and full.exists()
     assert folder_size(tmp_path) == (10, 3)
+
+
+# ------------------------------------------------------------------------------------------------ cancellation
+
+
+class _StopsAtStep(FlakyGenerator):
+    def sample(self, request, progress):
+        for step in range(1, 101):
+            progress(step, 100)
+        return super().sample(request, progress)
+
+
+def test_a_cancelled_run_ends_the_whole_request_and_is_counted_as_cancelled():
+    models = {"pixel-diffusion": _StopsAtStep(0, model_id="pixel-diffusion"), "sdxl-base": FlakyGenerator(0)}
+    manager = ModelManager("demo", device="cpu", loader=lambda m, p, d: models[m])
+    settings = service.check_generate_settings("a red circle", 7, "fast")
+    seen = []
+
+    def progress(model_id, done, total):
+        seen.append(done)
+        if done == 3:
+            raise RequestCancelled("client left")
+
+    with pytest.raises(RequestCancelled):  # not turned into one panel's error: the request stops
+        list(service.generate_images(manager, settings, list(models), progress=progress))
+    assert seen == [1, 2, 3] and models["sdxl-base"].calls == 0
+    stats = manager.monitor.snapshot()["pixel-diffusion"]
+    assert stats["cancelled"] == 1 and stats["errors"] == 0
+    assert manager._loaded["pixel-diffusion"].users == 0  # the model is not left pinned
+
+
+def test_outside_a_gradio_event_nothing_counts_as_abandoned():
+    assert request_abandoned() is False
+    raise_if_abandoned()  # no error
