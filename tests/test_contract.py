@@ -293,3 +293,17 @@ def test_the_ui_knows_no_model_by_name():
     sources = [(REPO_ROOT / "mmdemo" / "ui" / name).read_text() for name in ("app.py", "handlers.py")]
     for model_id in REGISTRY:
         assert not any(f'"{model_id}"' in text for text in sources), f"{model_id} named in the UI"
+
+
+def test_the_generate_handler_takes_the_fields_dict_and_the_api_json():
+    from mmdemo.ui.handlers import AppContext, generate_handler
+
+    generate = generate_handler(AppContext.create("demo"))
+    model_id = next(m for m in GENERATOR_IDS if {"steps", "guidance"} <= set(REGISTRY[m].options_for("demo")))
+    *_, last = generate(
+        PROMPT, [model_id], 3, "fast", "", f'{{"{model_id}": {{"guidance": 2}}}}', {model_id: {"steps": 3}}
+    )
+    (record,) = last[2 * len(GENERATOR_IDS)]
+    assert record["error"] is None
+    settings = record["settings"]
+    assert (settings["seed"], settings["steps"], settings["guidance"]) == (3, 3, 2.0)  # fields, then the JSON
