@@ -17,7 +17,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("MMDEMO_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_server_bin() -> Path:
+    """``$MMDEMO_PG_BIN``, else the newest Debian server install (``/usr/lib/postgresql/<version>/bin``)."""
+    if env := os.environ.get("MMDEMO_PG_BIN"):
+        return Path(env)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _newest_server_bin()
 
 
 def missing_reason() -> str | None:
