@@ -288,3 +288,19 @@ def test_a_cancelled_run_ends_the_whole_request_and_is_counted_as_cancelled():
 def test_outside_a_gradio_event_nothing_counts_as_abandoned():
     assert request_abandoned() is False
     raise_if_abandoned()  # no error
+
+
+def test_health_and_about_table_read_the_managers_numbers():
+    from mmdemo.registry import REGISTRY
+    from mmdemo.ui.handlers import AppContext
+    from mmdemo.ui.ops import STATS_HEADERS, health_report, stats_rows
+
+    models = {"sdxl-base": FlakyGenerator(1)}
+    ctx = AppContext.create("demo", ModelManager("demo", device="cpu", loader=lambda m, p, d: models[m]))
+    _run(ctx.manager, "sdxl-base")
+    health = health_report(ctx)
+    assert set(health["models"]) == set(REGISTRY) and health["models"]["sdxl-base"]["loaded_on"] == "cpu"
+    assert health["status"] == ("degraded" if health["unavailable"] else "ok")
+    [row] = stats_rows(ctx)
+    assert len(row) == len(STATS_HEADERS)
+    assert row[:6] == [REGISTRY["sdxl-base"].display_name, 1, 0, 1, 0, 0]  # one run, recovered after OOM
