@@ -10,20 +10,11 @@ checks that the run says so itself.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    # torchrun's default port (29500) is shared by every launch on the machine: two test runs at once would
-    # join each other's rendezvous.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def two_cpu_processes(script: str | Path, *script_args: str) -> tuple[list[str], dict[str, str]]:
@@ -39,6 +30,11 @@ def two_cpu_processes(script: str | Path, *script_args: str) -> tuple[list[str],
         "MMDEMO_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
         "PYTHONPATH": python_path,
+        # torchrun's default port (29500) is shared by every launch on the machine, and a port picked free now
+        # can be taken before the launcher binds it. torchrun's --standalone (read from PET_STANDALONE by the
+        # torchrun parser accelerate uses) starts its rendezvous store on port 0: the OS picks the port as it
+        # binds it, and the ranks read it back from the store.
+        "PET_STANDALONE": "1",
     }
     command = [
         sys.executable,
@@ -49,8 +45,6 @@ def two_cpu_processes(script: str | Path, *script_args: str) -> tuple[list[str],
         "2",
         "--num_machines",
         "1",
-        "--main_process_port",
-        str(_free_port()),
         "--mixed_precision",
         "no",
         "--dynamo_backend",

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    """Import ``train/<name>.py`` as a module (the scripts are not a package)."""
-    path = REPO / "train" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_shapes(folder: Path, n: int = 40, seed: int = 0) -> Path:

@@ -104,22 +104,21 @@ def app_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
 
 @pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory) -> Callable[..., Path]:
-    """``shapes_dataset(n=24, seed=0, size=32, max_objects=1, style="plain")`` -> a Flickr8k-layout folder.
+    """``shapes_dataset(n, seed, **options)`` -> a Flickr8k-layout folder from
+    ``mmdemo.data.shapes.generate_shapes_dataset`` (options: ``size``, ``max_objects``, ``style``).
 
     Deterministic for its settings, so each distinct dataset is written once per session and shared; a test that
-    changes files in it must build its own with ``mmdemo.data.shapes.generate_shapes_dataset``.
+    changes files in it must build its own with ``generate_shapes_dataset``.
     """
     from mmdemo.data.shapes import generate_shapes_dataset
 
     built: dict[tuple, Path] = {}
 
-    def build(n: int = 24, seed: int = 0, size: int = 32, max_objects: int = 1, style: str = "plain") -> Path:
-        key = (n, seed, size, max_objects, style)
+    def build(n: int, seed: int, **options: Any) -> Path:
+        key = (n, seed, *sorted(options.items()))
         if key not in built:
-            folder = tmp_path_factory.mktemp(f"shapes_n{n}_s{seed}_{size}px_{max_objects}obj_{style}")
-            built[key] = Path(
-                generate_shapes_dataset(folder, n=n, seed=seed, size=size, max_objects=max_objects, style=style)
-            )
+            folder = tmp_path_factory.mktemp(f"shapes_n{n}_seed{seed}") / "data"
+            built[key] = Path(generate_shapes_dataset(folder, n=n, seed=seed, **options))
         return built[key]
 
     return build
@@ -174,9 +173,7 @@ def postgres_server() -> Iterator[str]:
         yield url
         return
     if reason := _postgres.missing_reason():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
+        require_or_skip(f"PostgreSQL: {reason}")
     with _postgres.throwaway_cluster() as url:
         yield url
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 from mmdemo.captioners import qformer as qf
@@ -338,16 +338,12 @@ def test_full_size_checkpoint_loads_frozen_parts_from_public_files(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shapes_data(tmp_path_factory) -> Path:
-    from mmdemo.data.shapes import generate_shapes_dataset
-
-    return generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), n=20, seed=3)
+def shapes_data(shapes_dataset) -> Path:
+    return shapes_dataset(n=20, seed=3)
 
 
 def _train(model_id: str, data: Path, out: Path, *extra: str) -> dict:
-    sys.path.insert(0, str(REPO / "train"))
-    import train_captioner
-
+    train_captioner = load_script("train_captioner")
     args = train_captioner.parse_args(["--model", model_id, "--size", "tiny", "--data", str(data), "--out", str(out),
                                        "--max-steps", "12", "--batch-size", "8", "--lr", "2e-3",
                                        "--captions-per-image", "5", "--checkpointing-steps", "100", *extra])  # fmt: skip
@@ -367,8 +363,7 @@ def _reload_and_caption(model_id: str, out: Path, root: Path, monkeypatch, data:
 
 @pytest.mark.slow
 def test_training_script_learns_and_reloads_both_models(shapes_data, tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "train"))
-    import pretrain_tiny_lm
+    pretrain_tiny_lm = load_script("pretrain_tiny_lm")
 
     # qformer-bert: Q-Former from scratch on the (here random) frozen tiny ViT.
     log = _train("qformer-bert", shapes_data, tmp_path / "bert")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -122,8 +120,8 @@ def test_write_captions_round_trips(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8").startswith("image,caption\n")
 
 
-def test_hub_without_datasets_package_explains_the_local_alternative(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+def test_hub_without_datasets_package_explains_the_local_alternative(fake_module) -> None:
+    fake_module("datasets", missing=True)
     with pytest.raises(RuntimeError, match="Kaggle layout"):
         load_flickr8k("someone/flickr8k-does-not-exist")
 
@@ -152,11 +150,10 @@ class FakeTable:
         lambda caps: {"text": caps[0]},
     ],
 )
-def test_hub_column_layouts(monkeypatch: pytest.MonkeyPatch, layout) -> None:
+def test_hub_column_layouts(fake_module, layout) -> None:
     pictures = [Image.new("RGB", (4, 4), (i * 50, 0, 0)) for i in range(3)]
     rows = [{"image": pictures[i], **layout([f" cap {i}.{j} " for j in range(5)])} for i in range(3)]
-    fake = types.SimpleNamespace(load_dataset=lambda dataset_id, split=None: {"train": FakeTable(rows)})
-    monkeypatch.setitem(sys.modules, "datasets", fake)
+    fake_module("datasets", load_dataset=lambda dataset_id, split=None: {"train": FakeTable(rows)})
 
     corpus = load_flickr8k("someone/flickr8k")
     assert corpus.root is None and corpus.has_images()

@@ -497,6 +497,7 @@ def test_full_profile_loading_path_with_tiny_files(tmp_path):
 DEMO = REPO / "checkpoints" / "demo" / "infinity-2b"
 
 
+@pytest.mark.quality
 def test_shipped_demo_loads_and_draws_the_asked_colours():
     assert (DEMO / "config.json").is_file(), f"the shipped demo checkpoint is missing from {DEMO}"
     import mmdemo
@@ -516,13 +517,13 @@ def test_shipped_demo_loads_and_draws_the_asked_colours():
 def test_training_script_end_to_end_resume_and_reload(tmp_path, monkeypatch):
     import json
     import shutil
-    import sys
+
+    from conftest import load_script
 
     import mmdemo
     from mmdemo.data.shapes import generate_shapes_dataset
 
-    sys.path.insert(0, str(REPO / "train"))
-    import train_infinity_tiny as script
+    script = load_script("train_infinity_tiny")
 
     data = generate_shapes_dataset(tmp_path / "shapes", n=12, seed=3, size=32, max_objects=1)
     out = tmp_path / "run"

@@ -211,6 +211,7 @@ def _border_brightness(image) -> float:
     return float(grey[frame].mean())
 
 
+@pytest.mark.quality
 def test_shipped_base_vae_encodes_the_lora_style(shipped, tmp_path):
     # The LoRA can only draw a style the frozen VAE decodes: a VAE that never saw dark backgrounds turns
     # dark latents into noise (the first demo LoRA's failure).
@@ -230,6 +231,7 @@ def test_shipped_base_vae_encodes_the_lora_style(shipped, tmp_path):
     assert torch.nn.functional.mse_loss(recon, pixels).item() < 0.02
 
 
+@pytest.mark.quality
 def test_shipped_lora_shifts_the_style_and_keeps_the_prompt(shipped):
     from mmdemo.eval.shapes_eval import judge
 

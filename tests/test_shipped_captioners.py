@@ -31,6 +31,7 @@ def fresh_pictures(tmp_path_factory):
     return load_flickr8k(generate_shapes_dataset(tmp_path_factory.mktemp("fresh"), n=24, seed=4242, size=64))
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("model_id", list(SHIPPED))
 def test_shipped_demo_checkpoint_captions_fresh_shapes(model_id, fresh_pictures, monkeypatch):
     monkeypatch.delenv("MMDEMO_CHECKPOINTS", raising=False)

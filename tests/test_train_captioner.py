@@ -6,20 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _accelerate_launch import assert_two_cpu_processes, two_cpu_processes
+from conftest import load_script
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "train"))
-
-import evaluate_captioner  # noqa: E402
-import pretrain_shapes_vision  # noqa: E402
-import train_captioner  # noqa: E402
+evaluate_captioner = load_script("evaluate_captioner")
+pretrain_shapes_vision = load_script("pretrain_shapes_vision")
+train_captioner = load_script("train_captioner")
 
 # 24 images -> 19 train / 5 val; batch 8 -> 3 steps per epoch (8, 8 and the last 3 pairs).
 SMALL = [
@@ -39,10 +37,8 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory) -> Path:
-    from mmdemo.data.shapes import generate_shapes_dataset
-
-    return generate_shapes_dataset(tmp_path_factory.mktemp("shapes") / "data", n=24, seed=11, size=64)
+def shapes_dir(shapes_dataset) -> Path:
+    return shapes_dataset(n=24, seed=11, size=64)
 
 
 def train(data: Path, out: Path, *extra: str, model: str = "resnet18-xattn") -> dict:
@@ -208,6 +204,8 @@ def test_argument_checks(shapes_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # two processes, each importing torch and training on a shared CPU
 def test_accelerate_launch_two_processes(shapes_dir, tmp_path):
     command, env = two_cpu_processes(
         REPO / "train" / "train_captioner.py",

@@ -11,21 +11,19 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from _accelerate_launch import assert_two_cpu_processes, two_cpu_processes
+from conftest import load_script
 from safetensors.torch import load_file
 
+from mmdemo.generators import sdxl
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "train"))
-
-import train_sdxl_lora  # noqa: E402
-
-from mmdemo.generators import sdxl  # noqa: E402
+train_sdxl_lora = load_script("train_sdxl_lora")
 
 TINY = [
     "--resolution",
@@ -48,10 +46,8 @@ def tiny_pipeline(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory) -> Path:
-    from mmdemo.data.shapes import generate_shapes_dataset
-
-    return generate_shapes_dataset(tmp_path_factory.mktemp("shapes"), n=10, seed=0, size=32, style="dark")
+def shapes_dir(shapes_dataset) -> Path:
+    return shapes_dataset(n=10, seed=0, size=32, style="dark")
 
 
 def _train(pipe: Path, data: Path, out: Path, *extra: str) -> Path:
@@ -155,6 +151,8 @@ def test_parse_args_sanity_checks(shapes_dir, extra, message):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # two processes, each importing torch and training on a shared CPU
 def test_accelerate_launch_two_processes(tiny_pipeline, shapes_dir, tmp_path):
     command, env = two_cpu_processes(REPO / "train" / "train_sdxl_lora.py",
         "--pretrained", str(tiny_pipeline), "--data", str(shapes_dir), "--out", str(tmp_path / "ddp"),
