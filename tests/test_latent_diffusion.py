@@ -156,6 +156,7 @@ def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, m
     assert np.array_equal(np.asarray(a), np.asarray(b))  # the same weights give the same image either way
 
 
+@pytest.mark.quality
 def test_shipped_demo_checkpoint_draws_what_the_prompt_says(monkeypatch):
     monkeypatch.delenv("MMDEMO_CHECKPOINTS", raising=False)
     check_shipped_generator("latent-diffusion", color=0.8, shape=0.6)

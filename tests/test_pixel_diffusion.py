@@ -186,6 +186,7 @@ def test_full_profile_reads_bert_snapshot_and_our_weights(diffusion_assets, tmp_
     assert generator.generate("a red circle", seed=0, steps=2).image.size == (32, 32)
 
 
+@pytest.mark.quality
 def test_shipped_demo_checkpoint_draws_what_the_prompt_says(monkeypatch):
     monkeypatch.delenv("MMDEMO_CHECKPOINTS", raising=False)
     check_shipped_generator("pixel-diffusion", color=0.8, shape=0.6)

@@ -147,6 +147,8 @@ def test_missing_text_encoder_message(diffusion_assets, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(600)  # two processes, each importing torch and training on a shared CPU
 def test_accelerate_two_processes_on_cpu(diffusion_assets, tmp_path):  # noqa: F811
     out = tmp_path / "ddp"
     command, env = two_cpu_processes(REPO / "train" / "train_pixel_diffusion.py",
