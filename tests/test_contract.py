@@ -75,6 +75,16 @@ def outside(option: Option) -> list:
     return ["!!"]  # text: every text option declares the pattern it must match
 
 
+def refuses_outside_values(model_id: str, call) -> None:
+    """``call(**{option: value})`` raises an error naming the option and the value, for every value outside."""
+    for name, option in REGISTRY[model_id].options_for("demo").items():
+        for value in outside(option):
+            with pytest.raises(
+                InputError, match=rf"{re.escape(name)} must be .*got {re.escape(repr(value))}"
+            ):
+                call(**{name: value})
+
+
 # ---------------------------------------------------------------------------------------------- declarations
 
 
@@ -143,12 +153,9 @@ class TestGeneratorContract:
 
     def test_values_outside_each_declared_option_are_refused_naming_the_value(self, model_id):
         generator = load(model_id)
-        for name, option in REGISTRY[model_id].options_for("demo").items():
-            for value in outside(option):
-                with pytest.raises(
-                    InputError, match=rf"{re.escape(name)} must be .*got {re.escape(repr(value))}"
-                ):
-                    generator.generate(PROMPT, seed=0, **{**quick(model_id), name: value})
+        refuses_outside_values(
+            model_id, lambda **kw: generator.generate(PROMPT, seed=0, **{**quick(model_id), **kw})
+        )
         for kwargs, what in (
             (dict(seed=-1), "seed"),
             (dict(seed=2**32), "seed"),
@@ -200,12 +207,7 @@ class TestCaptionerContract:
 
     def test_values_outside_each_declared_option_are_refused_naming_the_value(self, model_id):
         captioner = load(model_id)
-        for name, option in REGISTRY[model_id].options_for("demo").items():
-            for value in outside(option):
-                with pytest.raises(
-                    InputError, match=rf"{re.escape(name)} must be .*got {re.escape(repr(value))}"
-                ):
-                    captioner.caption([Image.open(EXAMPLE_IMAGE)], **{name: value})
+        refuses_outside_values(model_id, lambda **kw: captioner.caption([Image.open(EXAMPLE_IMAGE)], **kw))
         with pytest.raises(InputError, match="No image"):
             captioner.caption([])
         with pytest.raises(InputError, match="not a readable image"):
