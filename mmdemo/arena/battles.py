@@ -109,7 +109,15 @@ def app_version() -> str:
 
 # ------------------------------------------------------------------------------------------------ service calls
 
-# The only two places that call the model service, so a change in its signatures is a change here.
+# The only places that call the model service, so a change in its signatures is a change here.
+
+
+def check_generation(prompt: Any, seed: Any, preset: str, manager: ModelManager, availability: dict) -> Any:
+    """Checked settings (``.prompt``, ``.seed``, ``.preset``, ``.notices``) shared by both generators."""
+    profiles = {m: p for m, p in availability.items() if p}
+    return service.check_generate_settings(
+        prompt, seed, preset, profiles=profiles, device=str(manager.device)
+    )
 
 
 def run_generator(
@@ -220,7 +228,7 @@ class Arena:
         with self.sessions() as session:
             self._check_rate(session, db.Battle, who, self.config.battles_per_minute, "battles")
         try:
-            settings = service.check_generate_settings(prompt, seed, self.config.preset)
+            settings = check_generation(prompt, seed, self.config.preset, self.manager, self.availability)
         except inputs.InputError as err:
             raise ArenaError(str(err)) from None
         profile, model_a, model_b = self._draw("generate")
@@ -234,11 +242,12 @@ class Arena:
             prompt=settings.prompt,
             seed=settings.seed,
             preset=settings.preset,
-            settings=json.dumps({"preset": settings.preset, "notices": settings.notices}),
+            settings="{}",
             session_hash=who,
             app_version=self.version,
         )
-        paths = []
+        paths: list[str | None] = []
+        used: dict[str, Any] = {}
         for side, model_id in (("a", model_a), ("b", model_b)):
             image, record = run_generator(self.manager, settings, model_id, self.scorer)
             path = digest = None
@@ -251,7 +260,9 @@ class Arena:
             setattr(battle, f"score_{side}", record.score)
             setattr(battle, f"error_{side}", record.error if path else (record.error or "no picture"))
             battle.score_name = battle.score_name or record.score_name
+            used[side] = getattr(record, "settings", {})  # what the model actually ran with
             paths.append(str(path) if path else None)
+        battle.settings = json.dumps({"notices": settings.notices, **used}, default=str)
         return self._save_battle(battle, (paths[0], paths[1]))
 
     def start_caption(self, image: Any, session_id: str | None = None) -> BattleView:
@@ -277,9 +288,11 @@ class Arena:
             session_hash=who,
             app_version=self.version,
         )
-        captions = []
+        captions: list[str | None] = []
+        used: dict[str, Any] = {}
         for side, model_id in (("a", model_a), ("b", model_b)):
             record = run_captioner(self.manager, checked, model_id)
+            used[side] = getattr(record, "settings", {})
             setattr(battle, f"output_{side}", record.caption)
             if record.caption is not None:
                 setattr(battle, f"output_{side}_hash", hashlib.sha256(record.caption.encode()).hexdigest())
@@ -287,6 +300,7 @@ class Arena:
             setattr(battle, f"weights_{side}", record.weights)
             setattr(battle, f"error_{side}", record.error)
             captions.append(record.caption)
+        battle.settings = json.dumps(used, default=str)
         return self._save_battle(battle, (captions[0], captions[1]))
 
     def _save_battle(self, battle: db.Battle, outputs: tuple[Any, Any]) -> BattleView:
