@@ -1,18 +1,21 @@
 """The About tab: the report's tables beside our measured numbers, parameter counts, model cards.
 
-Our numbers are read from the JSON files our evaluation scripts write next to each checkpoint
-(``eval_*.json``), never typed in by hand.
+Our numbers are read from the JSON records shipped next to each checkpoint (``eval_*.json``, written by
+the evaluation scripts with ``--update-shipped``), never typed in by hand; each row says which command,
+seed and n produced it, and the 95 % bootstrap intervals the scripts recorded.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+from pathlib import Path
 
 import gradio as gr
 
 from mmdemo.registry import CAPTIONER_IDS, REGISTRY
-from mmdemo.weights import checkpoint_root
+from mmdemo.weights import REPO_ROOT, checkpoint_root
 
 
 def measured_results(model_id: str) -> list[dict]:
@@ -32,6 +35,25 @@ def measured_results(model_id: str) -> list[dict]:
     return results
 
 
+CAPTION_HEADERS = ["model", "report BLEU-1/2/3/4", "ours BLEU-1/2/3/4", "BLEU-4 (95 % interval)", "METEOR",
+                   "ROUGE-L", "CIDEr-D", "measured by"]  # fmt: skip
+GENERATOR_HEADERS = ["model", "report settings", "ours (ShapesEval)", "95 % intervals", "measured by"]
+
+
+def _provenance(record: dict) -> str:
+    """Which command, seed and n produced a record (older records name only their file)."""
+    where = f"{record['profile']}: {record['file']}"
+    command = record.get("command")
+    seed = f", seed {record['seed']}" if record.get("seed") is not None else ""
+    return f"{where}, n={record.get('n')}{seed}" + (f": `{command}`" if command else "")
+
+
+def _ci(record: dict, key: str, digits: int = 1) -> str:
+    from mmdemo.eval.bootstrap import with_interval
+
+    return with_interval(record.get(key), record.get("intervals", {}).get(key), digits)
+
+
 def caption_table() -> list[list]:
     rows = []
     for model_id in CAPTIONER_IDS:
@@ -40,17 +62,11 @@ def caption_table() -> list[list]:
         report_text = " / ".join(f"{v:.1f}" for v in report) if report else "-"
         measured = [r for r in measured_results(model_id) if "bleu4" in r]
         if not measured:
-            rows.append([spec.display_name, report_text, "-", "not measured yet"])
+            rows.append([spec.display_name, report_text, "-", "-", "-", "-", "-", "not measured yet"])
         for r in measured:
             ours = " / ".join(f"{r[f'bleu{n}']:.1f}" for n in range(1, 5))
-            rows.append(
-                [
-                    spec.display_name,
-                    report_text,
-                    ours,
-                    f"{r['profile']}: {r.get('data', r['file'])}, n={r.get('n')}",
-                ]
-            )
+            rows.append([spec.display_name, report_text, ours, _ci(r, "bleu4"), _ci(r, "meteor"),
+                         _ci(r, "rouge_l"), _ci(r, "cider"), _provenance(r)])  # fmt: skip
     return rows
 
 
@@ -59,22 +75,48 @@ def generator_table() -> list[list]:
     for model_id, spec in REGISTRY.items():
         if spec.kind != "generator":
             continue
-        measured = [r for r in measured_results(model_id) if "color_acc" in r]
+        measured = [r for r in measured_results(model_id) if "color_acc" in r or "clip_score" in r]
         if not measured:
-            rows.append([spec.display_name, spec.report.settings or "-", "-", "not measured yet"])
+            rows.append([spec.display_name, spec.report.settings or "-", "-", "-", "not measured yet"])
         for r in measured:
-            ours = (
-                f"colour {r['color_acc']:.2f} · shape {r['shape_acc']:.2f} · position {r['position_acc']:.2f}"
-            )
-            rows.append(
-                [
-                    spec.display_name,
-                    spec.report.settings or "-",
-                    ours,
-                    f"{r['profile']}: {r['file']}, n={r.get('n')}",
-                ]
-            )
+            if "color_acc" in r:
+                ours = f"colour {r['color_acc']:.2f} · shape {r['shape_acc']:.2f} · position {r['position_acc']:.2f}"
+                keys = ("color_acc", "shape_acc", "position_acc")
+            else:
+                ours, keys = f"CLIP score {r['clip_score']:.2f}", ("clip_score",)
+            keys += tuple(k for k in ("fid", "kid") if r.get(k) is not None)
+            intervals = " · ".join(f"{k}: {_ci(r, k, 2)}" for k in keys) if r.get("intervals") else "-"
+            rows.append([spec.display_name, spec.report.settings or "-", ours, intervals, _provenance(r)])
     return rows
+
+
+def comparisons() -> list[str]:
+    """Do two models' 95 % intervals overlap? BLEU-4 for captioners, ShapesEval shape accuracy for generators
+    (records measured the same way only: same dataset/preset and n)."""
+    from mmdemo.eval.bootstrap import compare
+
+    lines = []
+    for ids, key, group in (
+        (CAPTIONER_IDS, "bleu4", ("profile", "dataset", "n")),
+        ([m for m, s in REGISTRY.items() if s.kind == "generator"], "shape_acc", ("profile", "preset", "n")),
+    ):
+        records = [(m, r) for m in ids for r in measured_results(m) if r.get("intervals", {}).get(key)]
+        for i, (a, ra) in enumerate(records):
+            for b, rb in records[i + 1 :]:
+                if a != b and all(ra.get(g) == rb.get(g) for g in group):
+                    lines.append(
+                        f"{key}: "
+                        + compare(a, ra[key], ra["intervals"][key], b, rb[key], rb["intervals"][key])
+                    )
+    return lines
+
+
+def latest_gallery() -> Path | None:
+    """The newest comparison gallery (``train/evaluate_generator.py --models ...``) under ``runs/``."""
+    root = Path(os.environ.get("MMDEMO_RUNS", REPO_ROOT / "runs"))
+    pages = [p for pattern in ("gallery.html", "*/gallery.html", "*/*/gallery.html", "*/*/*/gallery.html")
+             for p in root.glob(pattern)]  # fmt: skip
+    return max(pages, key=lambda p: p.stat().st_mtime) if pages else None
 
 
 @functools.cache
@@ -147,12 +189,25 @@ def create_about_tab(ctx) -> gr.Dataframe:
         "on the Shapes dataset with tiny models: they prove the pipelines learn, they are not comparable to "
         "the report's Flickr8k numbers."
     )
-    gr.Markdown("### Image → Text: BLEU-1/2/3/4 (report: Flickr8k validation split)")
-    gr.Dataframe(caption_table(), headers=["model", "report", "ours", "measured on"], wrap=True)
-    gr.Markdown("### Text → Image")
-    gr.Dataframe(
-        generator_table(), headers=["model", "report settings", "ours (ShapesEval)", "measured on"], wrap=True
+    gr.Markdown(
+        "### Image → Text (report: Flickr8k validation split)\n"
+        "BLEU as the report computed it; METEOR, ROUGE-L and CIDEr-D from the COCO caption evaluation code "
+        "(pycocoevalcap), all 0-100, each with its 95 % bootstrap interval over images. SPICE is not shown: "
+        "it needs Stanford CoreNLP models downloaded on first use."
     )
+    gr.Dataframe(caption_table(), headers=CAPTION_HEADERS, wrap=True)
+    gr.Markdown("### Text → Image (95 % bootstrap intervals over prompts)")
+    gr.Dataframe(generator_table(), headers=GENERATOR_HEADERS, wrap=True)
+    lines = comparisons()
+    if lines:
+        gr.Markdown("**Do the intervals overlap?**\n\n" + "\n".join(f"- {line}" for line in lines))
+    gallery = latest_gallery()
+    if gallery is not None:
+        gr.Markdown(
+            f"**Latest comparison gallery:** `{gallery}` (a self-contained page: open it in a browser; "
+            "made by `train/evaluate_generator.py --models ...`)"
+        )
+        gr.File(value=str(gallery), label="gallery.html", interactive=False)
     gr.Markdown("### Parameters (full-size configurations, built on the meta device)")
     params = gr.Dataframe(
         headers=["model", "total", "trainable", "report total", "report trainable", "note"], wrap=True
@@ -164,5 +219,5 @@ def create_about_tab(ctx) -> gr.Dataframe:
     gr.Markdown("### Model cards")
     for model_id in REGISTRY:
         with gr.Accordion(REGISTRY[model_id].display_name, open=False):
-            gr.Markdown(model_card(model_id, ctx.availability.get(model_id)))
+            gr.Markdown(model_card(model_id, ctx.weights_note(model_id)))
     return params
