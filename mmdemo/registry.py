@@ -183,10 +183,6 @@ class ModelSpec:
         return {name: o.default_for(preset, device) for name, o in self.options_for(profile).items()}
 
     @property
-    def implemented(self) -> bool:
-        return self.adapter is not None
-
-    @property
     def local_dir_name(self) -> str:
         """Folder name of this model under a checkpoint root (``checkpoints/<id>/``, ``checkpoints/demo/<id>/``)."""
         return self.id
