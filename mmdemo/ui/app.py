@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import gradio as gr
 
@@ -44,8 +45,12 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
                 label="Captioner",
             )
             with gr.Accordion("Decoding options (blank = each model's own default)", open=False):
-                num_beams = _caption_option_field(ctx, "num_beams", "Beams (1 = greedy, as in the report)")
-                max_new_tokens = _caption_option_field(ctx, "max_new_tokens", "Max new tokens")
+                # Beams: up to the most any captioner takes (one that decodes greedily only says so in its row).
+                # Length: up to the least any takes, so "all" never asks a captioner for more than it can write.
+                num_beams = _caption_option_field(
+                    ctx, "num_beams", "Beams (1 = greedy, as in the report)", max
+                )
+                max_new_tokens = _caption_option_field(ctx, "max_new_tokens", "Max new tokens", min)
             button = gr.Button("Caption", variant="primary")
             if ctx.examples:
                 gr.Examples(
@@ -87,8 +92,8 @@ def example_prompts(ctx: AppContext) -> list[list[str]]:
     return [[p] for p in (shapes + flickr if "full" in ctx.availability.values() else shapes)]
 
 
-def _caption_option_field(ctx: AppContext, name: str, label: str) -> gr.Number:
-    """A blank number field for a decoding option every captioner declares; its range spans theirs."""
+def _caption_option_field(ctx: AppContext, name: str, label: str, highest: Callable) -> gr.Number:
+    """A blank number field for a decoding option every captioner declares; its maximum is ``highest`` of theirs."""
     declared = [
         (REGISTRY[m].display_name, REGISTRY[m].options_for(ctx.availability.get(m) or "full")[name])
         for m in CAPTIONER_IDS
@@ -100,7 +105,7 @@ def _caption_option_field(ctx: AppContext, name: str, label: str) -> gr.Number:
         label=label,
         info=f"defaults: {defaults}",
         minimum=min(option.minimum for _, option in declared),
-        maximum=max(option.maximum for _, option in declared),
+        maximum=highest(option.maximum for _, option in declared),
     )
 
 
