@@ -234,7 +234,11 @@ class CaptionNetwork(torch.nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, sources: Mapping[str, Path] | None = None, device: str | torch.device = "cpu"
+        cls,
+        folder: str | Path,
+        *,
+        sources: Mapping[str, Path] | None = None,
+        device: str | torch.device = "cpu",
     ) -> CaptionNetwork:
         """Rebuild a checkpoint written by :meth:`save_pretrained`, strictly, in fp32, in eval mode.
 
@@ -316,7 +320,9 @@ class CaptionerAdapter(Captioner):
         # "captioner" is our trained checkpoint; every other component (present only for full-size weights,
         # whose frozen third-party parts are not re-published) is a frozen part's source folder by name.
         sources = {name: path for name, path in weights.items() if name != "captioner"}
-        network = cls.network_class.from_pretrained(weights["captioner"], sources=sources or None, device=device)
+        network = cls.network_class.from_pretrained(
+            weights["captioner"], sources=sources or None, device=device
+        )
         return cls(spec, weights, network, device)
 
     def to(self, device: str) -> CaptionerAdapter:

@@ -522,7 +522,8 @@ class SDXLGenerator(Generator):
             pipe.scheduler = (
                 self.shared.report_scheduler if request.preset == "report" else self.shared.fast_scheduler
             )
-            generator = torch.Generator(device="cpu").manual_seed(request.seed)  # CPU noise: same image on any device
+            # CPU noise: the same picture on any device.
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)
             # diffusers' own grid repeats or overruns timesteps at some step counts (see distinct_timesteps).
             custom = distinct_timesteps(pipe.scheduler, steps)
             timing = dict(num_inference_steps=steps) if custom is None else dict(timesteps=custom)
