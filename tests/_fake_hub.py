@@ -216,3 +216,26 @@ def install(monkeypatch, hub: FakeHub, *, gpu: bool) -> FakeHub:
     monkeypatch.delenv("MMDEMO_DOWNLOAD", raising=False)
     weights.forget_hub_listings()
     return hub
+
+
+def publish_text_diffusion(hub: FakeHub, model_id: str, demo: Path) -> None:
+    """Re-lay a shipped text-diffusion demo checkpoint as the real repos: the frozen text encoder's repo
+    (``pytorch_model.bin`` only for bin-only CLIP, else ``model.safetensors``) and our own weights' sub-folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from mmdemo.registry import OWN_WEIGHTS_REPO, get_spec
+
+    text_source, own_source = get_spec(model_id).sources
+    repo = hub.repo(text_source.repo_id)
+    if text_source.repo_id == "openai/clip-vit-base-patch16":
+        torch.save(load_file(str(demo / "text_encoder" / "model.safetensors")), repo / "pytorch_model.bin")
+    else:
+        shutil.copy(demo / "text_encoder" / "model.safetensors", repo / "model.safetensors")
+    shutil.copy(demo / "text_encoder" / "config.json", repo / "config.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo / "tokenizer" / name, repo / name)
+    own = hub.repo(OWN_WEIGHTS_REPO) / own_source.subfolder
+    own.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(demo / name, own / name)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _fake_hub import FakeHub, install, lay_out_real_repos
+from _fake_hub import FakeHub, install, lay_out_real_repos, publish_text_diffusion
 from safetensors.torch import load_file, save_file
 
 import mmdemo
@@ -132,15 +132,8 @@ def test_qformer_captioners_load_from_blip2_and_tinyllama_layouts(hub, model_id)
     ],
 )
 def test_text_diffusion_loads_our_weights_and_the_frozen_text_encoder(hub, model_id, text_repo, pickle_only):
-    demo = DEMO / model_id
-    repo = hub.repo(text_repo)
-    if pickle_only:  # openai/clip-vit-base-patch16's main branch: pytorch_model.bin, no safetensors
-        torch.save(load_file(str(demo / "text_encoder" / "model.safetensors")), repo / "pytorch_model.bin")
-    else:
-        shutil.copy(demo / "text_encoder" / "model.safetensors", repo / "model.safetensors")
-    _copy(demo / "text_encoder", repo, "config.json")
-    _copy(demo / "tokenizer", repo, "tokenizer.json", "tokenizer_config.json")
-    _copy(demo, _own(hub, model_id), "config.json", "model.safetensors")
+    publish_text_diffusion(hub, model_id, DEMO / model_id)
+    assert (hub.repo(text_repo) / "model.safetensors").exists() != pickle_only
 
     full = mmdemo.load_generator(model_id, "full", device="cpu")
     demo_generator = mmdemo.load_generator(model_id, "demo", device="cpu")

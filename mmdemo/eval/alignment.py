@@ -68,7 +68,12 @@ class ClipScorer:
                     return None
                 import torch
 
-                model, preprocess, tokenizer = build_clip(clip_weights_file(folder))
+                try:
+                    model, preprocess, tokenizer = build_clip(clip_weights_file(folder))
+                except (OSError, ValueError, RuntimeError) as err:  # a corrupt or foreign file: say so, once
+                    self._unavailable = f"CLIP weights in {folder} unusable: {err}"
+                    log.warning(self._unavailable)
+                    return None
                 device = "cuda" if torch.cuda.is_available() else "cpu"
                 self._loaded = (model.to(device), preprocess, tokenizer)
             return self._loaded
@@ -93,6 +98,11 @@ class ClipScorer:
 
 
 _CLIP = ClipScorer()
+
+
+def prepare_clip_score() -> bool:
+    """Fetch and build the CLIP judge now (before a ZeroGPU window opens); whether it is available."""
+    return _CLIP._load() is not None
 
 
 def shapes_eval_score(image: Any, prompt: str) -> tuple[float | None, str]:

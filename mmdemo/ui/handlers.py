@@ -6,12 +6,16 @@ becomes one ``gr.Error`` with a message written for the user.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import json
 import logging
 import random
 import tempfile
+import threading
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from mmdemo import inputs, service
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
 from mmdemo.runtime import ModelManager
 from mmdemo.ui.cancel import raise_if_abandoned
-from mmdemo.weights import available_profile
+from mmdemo.weights import Decision, decide, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +40,48 @@ class AppContext:
     profile: str
     examples: list[service.Example] = field(default_factory=list)
     availability: dict[str, str | None] = field(default_factory=dict)  # id -> "full" / "demo" / None
+    decisions: dict[str, Decision] = field(default_factory=dict)  # id -> which weights run, and why
+    prefetching: threading.Thread | None = None  # the start-up download of weights that need one
 
     @classmethod
     def create(cls, profile: str, manager: ModelManager | None = None) -> AppContext:
         manager = manager or ModelManager(profile)  # type: ignore[arg-type]
-        availability = {
-            model_id: available_profile(model_id, profile)  # type: ignore[arg-type]
-            for model_id in REGISTRY
-        }
-        return cls(manager, profile, service.load_examples(), availability)
+        decisions = {model_id: decide(model_id, profile) for model_id in REGISTRY}  # type: ignore[arg-type]
+        availability = {model_id: d.runs for model_id, d in decisions.items()}
+        ctx = cls(manager, profile, service.load_examples(), availability, decisions)
+        to_fetch = [m for m, d in decisions.items() if d.runs == "full" and d.downloads]
+        if to_fetch:  # start the downloads now, in the background, rather than on each model's first use
+            ctx.prefetching = threading.Thread(
+                target=prefetch, args=(to_fetch, profile), name="weights-prefetch", daemon=True
+            )
+            ctx.prefetching.start()
+        return ctx
+
+    def weights_note(self, model_id: str) -> str | None:
+        """Which weights the model runs and why, in words (the About tab's model cards)."""
+        decision = self.decisions.get(model_id)
+        if decision is None or decision.runs is None:
+            return None if decision is None else f"unavailable: {decision.reason}"
+        return f"{decision.runs}: {decision.reason}"
+
+    def prepare(self, model_ids: Iterable[str]) -> None:
+        """Download and load ``model_ids`` now, before a GPU window opens (a failure is left to the panel).
+
+        Generators with full weights also need the CLIP judge that scores their pictures: it is fetched too.
+        """
+        model_ids = [m for m in model_ids if m in REGISTRY]
+        for model_id in model_ids:
+            try:
+                self.manager.get(model_id)
+            except Exception as err:  # noqa: BLE001 - reported again, in its own panel, when the model runs
+                log.warning("could not prepare %s before the GPU call: %s", model_id, err)
+        if any(m in GENERATOR_IDS and self.availability.get(m) == "full" for m in model_ids):
+            try:
+                from mmdemo.eval.alignment import prepare_clip_score
+
+                prepare_clip_score()
+            except Exception as err:  # noqa: BLE001 - the score is optional; the picture is not
+                log.warning("could not prepare the CLIP judge: %s", err)
 
     def banner(self) -> str:
         demo = [m for m, p in self.availability.items() if p == "demo"]
@@ -68,6 +105,9 @@ class AppContext:
                 + ", ".join(f"`{m}`" for m in missing)
                 + " (the panel says what to do)."
             )
+        if self.decisions:
+            why = "\n".join(f"- `{m}`: {self.weights_note(m)}" for m in REGISTRY if m in self.decisions)
+            lines.append(f"<details><summary>Which weights run, and why</summary>\n\n{why}\n\n</details>")
         return "\n\n".join(lines)
 
 
@@ -79,13 +119,38 @@ GPU_SECONDS_BASE = 10.0
 GPU_SECONDS_MAX = 300
 
 
-def on_gpu(duration):
-    """``spaces.GPU(duration=...)`` on a Hugging Face ZeroGPU Space; the function unchanged elsewhere."""
+def on_gpu(duration, prepare=None):
+    """``spaces.GPU(duration=...)`` on a Hugging Face ZeroGPU Space; the function unchanged elsewhere.
+
+    ``prepare(*args, **kwargs)`` runs first, outside the GPU window: it downloads and loads the weights the
+    call needs, so the GPU time asked for covers compute only.
+    """
     try:
         import spaces
     except ImportError:
         return lambda fn: fn
-    return spaces.GPU(duration=duration)
+
+    def decorate(fn):
+        on_device = spaces.GPU(duration=duration)(fn)
+        if prepare is None:
+            return on_device
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                prepare(*args, **kwargs)
+                yield from on_device(*args, **kwargs)
+
+            return stream
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            prepare(*args, **kwargs)
+            return on_device(*args, **kwargs)
+
+        return call
+
+    return decorate
 
 
 def generate_gpu_seconds(
@@ -121,7 +186,10 @@ def caption_gpu_seconds(image, model, *args, **kwargs):
 
 
 def caption_handler(ctx: AppContext):
-    @on_gpu(caption_gpu_seconds)
+    def prepare(image=None, model="all", *args, **kwargs):
+        ctx.prepare(CAPTIONER_IDS if model == "all" else [model])
+
+    @on_gpu(caption_gpu_seconds, prepare)
     def caption(
         image: str | None, model: str, num_beams: int | None = None, max_new_tokens: int | None = None
     ):
@@ -202,7 +270,10 @@ def _zip_results(settings: service.GenerateSettings, images: dict[str, Any], rec
 
 
 def generate_handler(ctx: AppContext):
-    @on_gpu(generate_gpu_seconds)
+    def prepare(prompt=None, models=None, *args, **kwargs):
+        ctx.prepare(models or [])
+
+    @on_gpu(generate_gpu_seconds, prepare)
     def generate(
         prompt: str,
         models: list[str],
