@@ -681,6 +681,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         for note in row.notes:
             print(f"{row.model}: {note}")
+        if row.device == "cuda" and row.seconds_per_output is not None and row.step_unit != "token":
+            # ZeroGPU aborts a call that outlives its slot: ask for 1.5x what was measured.
+            per_step = row.seconds_per_step or 0.0
+            fixed = row.seconds_per_output - per_step * row.steps_total
+            print(
+                f"{row.model}: ZeroGPU ask GpuCost(fixed={1.5 * fixed + 5:.1f}, per_step={1.5 * per_step:.3f})"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
