@@ -178,12 +178,15 @@ def main(argv: list[str] | None = None) -> None:
         totals: Counter = Counter()
         problems: list[str] = list(warm["unexpected"])
         done = 0
+        halfway = None  # RSS after half the run: growth over the second half is the steady leak rate
         while done < args.n:
             chunk = min(50, args.n - done)
             summary = run_mixed_requests(client, chunk, workdir, seed=100 + done)
             totals.update(summary["kinds"])
             problems += summary["unexpected"]
             done += chunk
+            if halfway is None and done >= args.n // 2:
+                halfway = (done, rss_mb(server.pid))
             size, entries = folder_size(cache)
             print(
                 f"{done:4d} requests, {time.time() - started:6.0f} s: RSS {rss_mb(server.pid):.0f} MB "
@@ -196,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mix: {dict(totals)}")
         print(f"unexpected results: {len(problems)}" + "".join(f"\n  {p}" for p in problems[:10]))
         print(f"RSS growth after warm-up: {final - baseline:+.1f} MB over {args.n} requests (target < 50 MB)")
+        if halfway is not None and halfway[0] < args.n:
+            rate = (final - halfway[1]) / (args.n - halfway[0]) * 100
+            print(
+                f"RSS growth over the last {args.n - halfway[0]} requests: {final - halfway[1]:+.1f} MB ({rate:+.1f} MB per 100)"
+            )
         print(
             f"temp folder: {start_size[0] / 2**20:.2f} MB at start-up, {after_run[0] / 2**20:.2f} MB "
             f"({after_run[1]} entries) right after the run, {settled[0] / 2**20:.2f} MB ({settled[1]} entries) "
