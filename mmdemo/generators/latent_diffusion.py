@@ -76,7 +76,8 @@ class LatentDiffusionConfig:
             width before its output convolution (its mid block narrows from the last width to the one before).
         cross_attention_dim: width of the text states, i.e. the text encoder's hidden size (CLIP B/16: 512).
         text_encoder / text_encoder_config / text_max_length: as in the pixel model (CLIP: 77 tokens).
-        latent_scale: multiplies VQ latents before diffusion (unit variance); measured on the training set.
+        latent_scale: multiplies VQ latents before diffusion: 1 under the report's recipe (its latents are
+            unscaled), 1/std of the training latents under ours (unit variance).
     """
 
     image_size: int = 256
