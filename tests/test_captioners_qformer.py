@@ -298,7 +298,12 @@ def test_save_load_roundtrip_is_strict_and_exact(tmp_path, model_id):
     assert loaded.encoder_fingerprint() != "" and shapes(loaded) == shapes(network)
     half = {k: v.half().float() for k, v in network.state_dict().items()}
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in half.items())
-    assert loaded.generate(loaded.encode_images(pixels), max_new_tokens=4) is not None
+    network.load_state_dict(half)  # the original, rounded the way the checkpoint stores it, decodes the same
+    network.eval(), loaded.eval()
+    with torch.no_grad():
+        captions = loaded.generate(loaded.encode_images(pixels), max_new_tokens=4)
+        assert captions == network.generate(network.encode_images(pixels), max_new_tokens=4)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
 
 
 def test_full_size_checkpoint_loads_frozen_parts_from_public_files(tmp_path):

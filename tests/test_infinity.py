@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +278,7 @@ def test_schedule_facts_and_snapping():
     assert parse_aspect_ratio("4:3") == pytest.approx(0.75)
     assert parse_aspect_ratio(None, width=512, height=1024) == 2.0
     for bad in ("abc", "0:3", "-1", "3:x"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=rf"^aspect ratio.*{re.escape(repr(bad))}"):
             parse_aspect_ratio(bad)
     with pytest.raises(ValueError, match="pixel budget"):
         get_schedule(1.0, "4M", OFFICIAL_BUDGET_SCALES)
@@ -358,7 +359,8 @@ def test_filter_logits_top_p_top_k_per_bit():
 
 def test_sampling_options_reject_bad_values():
     for bad in (dict(tau=0.0), dict(tau=float("nan")), dict(cfg=-1.0), dict(top_p=1.5), dict(top_k=-1)):
-        with pytest.raises(ValueError):
+        (name,) = bad
+        with pytest.raises(ValueError, match=rf"^{name} must be .*, got {re.escape(repr(bad[name]))}$"):
             SamplingOptions(**bad)
 
 
