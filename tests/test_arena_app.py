@@ -54,7 +54,8 @@ def arena_app(tmp_path_factory):
 
 
 def _client(url: str) -> Client:
-    return Client(url, verbose=False)  # each client is its own session
+    # Each client is its own session. httpx's 5 s default would time out a join behind 50 others on a busy CI box.
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 120})
 
 
 def _vote_count(data_dir: Path) -> int:
@@ -176,18 +177,19 @@ class AppProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three app starts (~15 s each on an idle machine) and 20 battles
 def test_votes_survive_a_restart_and_a_sigkill_during_a_vote_flood(tmp_path):
     data_dir = tmp_path / "data"
     log = tmp_path / "app.log"
     first = AppProcess(data_dir, log)
     try:
-        for i in range(6):
+        for i in range(4):
             battle = first.client.predict(handle_file(str(EXAMPLE)), api_name="/arena_caption")[2]
             first.client.predict(battle, ["A", "B", "tie"][i % 3], api_name="/vote")
         board = first.client.predict("caption", api_name="/leaderboard")
-        # Battles for the flood, each from its own session (rate limits are per session).
+        # Battles for the flood (this app's rate limits are raised for the test).
         flood = [
-            first.client.predict(handle_file(str(EXAMPLE)), api_name="/arena_caption")[2] for _ in range(30)
+            first.client.predict(handle_file(str(EXAMPLE)), api_name="/arena_caption")[2] for _ in range(16)
         ]
     finally:
         first.stop()
@@ -213,14 +215,14 @@ def test_votes_survive_a_restart_and_a_sigkill_during_a_vote_flood(tmp_path):
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 120
-        while len(acknowledged) < 8 and time.monotonic() < deadline:
+        while len(acknowledged) < 5 and time.monotonic() < deadline:
             time.sleep(0.005)
         second.stop(signal.SIGKILL)  # mid-flood: no shutdown code runs
         for thread in threads:
             thread.join(timeout=60)
     finally:
         second.stop(signal.SIGKILL)
-    assert len(acknowledged) >= 8
+    assert len(acknowledged) >= 5
 
     third = AppProcess(data_dir, log)
     try:
@@ -235,7 +237,7 @@ def test_votes_survive_a_restart_and_a_sigkill_during_a_vote_flood(tmp_path):
         for battle, choice in acknowledged.items():  # no acknowledged vote lost, none changed
             assert stored.get(battle) == choice, (battle, choice, stored.get(battle))
         rows = third.client.predict("caption", api_name="/leaderboard")
-        assert sum(r["battles"] for r in rows) == 2 * len(stored)  # 6 quiet votes + the flood's survivors
+        assert sum(r["battles"] for r in rows) == 2 * len(stored)  # 4 quiet votes + the flood's survivors
         # A battle whose vote never landed can still be voted on, exactly once.
         open_battles = [b for b in flood if b not in stored]
         if open_battles:

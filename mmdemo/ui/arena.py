@@ -27,8 +27,18 @@ VOTE_BUTTONS = (
 )
 TASK_CHOICES = [("Text → Image", "generate"), ("Image → Text", "caption")]
 LEADERBOARD_COLUMNS = [
-    "rank", "name", "model", "rating", "ci_low", "ci_high", "elo", "battles", "wins", "ties", "losses", "win_rate",
-]  # fmt: skip
+    "rank",
+    "model",
+    "rating",
+    "ci_low",
+    "ci_high",
+    "elo",
+    "battles",
+    "wins",
+    "ties",
+    "losses",
+    "win_rate",
+]  # fmt: skip  (the API rows also carry each model's display name)
 
 
 def _session(request: gr.Request | None) -> str | None:
@@ -132,7 +142,7 @@ class ArenaHandlers:
                 None,
                 None,
             )
-        text = f"**{board.votes} votes** ({profile} weights) · computed {board.computed_at.replace('T', ' ')} UTC"
+        text = f"**{board.votes} votes** ({profile} weights) · computed {board.computed_at.replace('T', ' ').replace('+00:00', '')} UTC"
         rows = [[row[c] for c in LEADERBOARD_COLUMNS] for row in board.rows]
         return text, rows, heatmap(board, "win rate"), heatmap(board, "battles")
 
@@ -257,7 +267,7 @@ def create_leaderboard_tab(handlers: ArenaHandlers, tab: gr.Tab) -> None:
     """The leaderboard, computed when ``tab`` is opened, when the task changes and on Refresh."""
     with gr.Row():
         task = gr.Radio(TASK_CHOICES, value="generate", label="Task")
-        refresh = gr.Button("🔄 Refresh", size="sm")
+        refresh = gr.Button("Refresh", size="sm")
     summary = gr.Markdown()
     table = gr.Dataframe(
         headers=LEADERBOARD_COLUMNS, label="Bradley-Terry ratings, 95 % bootstrap intervals", wrap=True
@@ -268,7 +278,7 @@ def create_leaderboard_tab(handlers: ArenaHandlers, tab: gr.Tab) -> None:
     with gr.Row():
         csv_button = gr.Button("Download all votes (CSV)", size="sm")
         jsonl_button = gr.Button("Download all votes (JSON lines)", size="sm")
-        download = gr.File(label="Votes", interactive=False)
+        download = gr.File(label="Votes", interactive=False, height=90)
     gr.Markdown(
         "Ratings: Bradley-Terry fitted by maximum likelihood on all votes (a tie or *both bad* counts as half "
         "a win for each side), on the Elo scale (400 points = 10× odds) centred on 1000; intervals from 200 "
@@ -298,8 +308,8 @@ def create_arena_tabs(
 ) -> Arena | None:
     """The Arena and Leaderboard tabs (call inside ``gr.Tabs()``); battles share ``model_group``'s queue."""
     handlers = create_arena(ctx, config)
-    with gr.Tab("Arena", id="arena"):
+    with gr.Tab("Arena", id="arena", elem_id="arena"):
         create_arena_tab(ctx, handlers, concurrency, model_group)
-    with gr.Tab("Leaderboard", id="leaderboard") as tab:
+    with gr.Tab("Leaderboard", id="leaderboard", elem_id="leaderboard") as tab:
         create_leaderboard_tab(handlers, tab)
     return handlers.arena

@@ -1,0 +1,83 @@
+"""One arena battle played in headless Chromium: start it, see two anonymous pictures, vote, see the names.
+
+Same browser set-up as tests/test_browser.py (Debian's chromium through Playwright; skipped with the reason
+outside CI when absent, a failure in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+from mmdemo.registry import REGISTRY
+
+GENERATORS = ("pixel-diffusion", "latent-diffusion")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "screenshot_leaderboard.png"
+
+
+@pytest.fixture(scope="module")
+def arena_url(tmp_path_factory):
+    if not shutil.which(CHROMIUM) and not os.environ.get("CI"):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
+    import app
+    from mmdemo.arena.battles import ArenaConfig
+
+    config = ArenaConfig(data_dir=tmp_path_factory.mktemp("arena_browser"), models=GENERATORS)
+    demo = app.create_demo("demo", arena=config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.APP_CSS
+    )
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.mark.slow
+def test_play_one_arena_battle_in_a_real_browser(arena_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    names = [REGISTRY[m].display_name for m in GENERATORS]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(arena_url, wait_until="networkidle")
+            page.get_by_role("tab", name="Arena", exact=True).click()
+            arena = page.locator("#arena")  # the Arena tab's panel
+            vote_a = arena.get_by_role("button", name="👈 A is better")
+            expect(vote_a).to_be_disabled()  # nothing to vote on yet
+            arena.get_by_role("button", name="⚔️ New battle").first.click()
+            expect(vote_a).to_be_enabled(timeout=240_000)
+            expect(arena.locator(".generated img")).to_have_count(2)
+            before = arena.inner_html()
+            assert not any(n in before for n in [*names, *GENERATORS]), (
+                "a model name on the page before the vote"
+            )
+            vote_a.click()
+            expect(arena).to_contain_text("Your vote: A is better", timeout=60_000)
+            revealed = arena.inner_text()
+            assert re.search(r"Model A: .+ · [\d.]+ s", revealed), revealed
+            assert all(n in revealed for n in names)  # both names, one per side
+            expect(vote_a).to_be_disabled()  # one vote per battle, in the page too
+
+            page.get_by_role("tab", name="Leaderboard", exact=True).click()
+            board = page.locator("#leaderboard")
+            expect(board).to_contain_text("1 votes", timeout=60_000)
+            expect(board.locator("table")).to_contain_text(names[0])
+            shot = tmp_path / "leaderboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("MMDEMO_UPDATE_SCREENSHOT"):
+                shutil.copy(shot, SCREENSHOT)
+        finally:
+            browser.close()
