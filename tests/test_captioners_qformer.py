@@ -410,7 +410,7 @@ def test_bad_images_get_clear_messages(tmp_path):
     network = tiny("qformer-bert")
     captioner = qf.QFormerBertCaptioner(spec_of("qformer-bert"), ResolvedWeights.demo(spec_of("qformer-bert"), tmp_path),
                                         network, "cpu")  # fmt: skip
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="This file is not a readable image"):
         captioner.caption([b"not an image"])
     odd = [Image.new("L", (1, 1)), Image.new("RGBA", (40, 90)), Image.new("P", (300, 20))]
     assert len(captioner.caption(odd, max_new_tokens=3)) == 3

@@ -235,9 +235,9 @@ def test_bad_input_is_a_clear_error():
 
     spec = get_spec("resnet18-xattn")
     captioner = XAttnCaptioner(spec, ResolvedWeights.demo(spec, Path("unused")), tiny_network(), "cpu")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="This file is not a readable image"):
         captioner.caption([b"not an image"])
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="No image was given"):
         captioner.caption([])
 
 

@@ -28,7 +28,7 @@ def test_prompt_cleaning_keeps_emoji_and_reports_changes():
     long = inputs.check_prompt("x" * 10_000)
     assert len(long.value) == inputs.MAX_PROMPT_CHARS and "cut" in long.notices[0]
     assert inputs.check_prompt("a blue square").notices == []
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="The prompt must be text"):
         inputs.check_prompt(None)
 
 

@@ -110,22 +110,22 @@ def test_mismatched_weights_fail_loudly(generator, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    "kwargs, message",
     [
-        dict(prompt=""),
-        dict(prompt="\x00\x01"),
-        dict(seed=-3),
-        dict(seed=10**20),
-        dict(steps=0),
-        dict(steps=-1),
-        dict(steps=5000),
-        dict(guidance=float("nan")),
+        (dict(prompt=""), "The prompt is empty"),
+        (dict(prompt="\x00\x01"), "The prompt is empty"),
+        (dict(seed=-3), "seed must be between 0 and"),
+        (dict(seed=10**20), "seed must be between 0 and"),
+        (dict(steps=0), "steps must be a whole number from 1 to 1000, got 0"),
+        (dict(steps=-1), "steps must be a whole number from 1 to 1000, got -1"),
+        (dict(steps=5000), "steps must be a whole number from 1 to 1000, got 5000"),
+        (dict(guidance=float("nan")), "guidance must be a finite number"),
     ],  # fmt: skip
 )
-def test_bad_inputs(generator, kwargs):
+def test_bad_inputs(generator, kwargs, message):
     call = dict(prompt="a red circle", seed=1, steps=2)
     call.update(kwargs)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=message):
         generator.generate(call.pop("prompt"), **call)
 
 

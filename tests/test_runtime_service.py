@@ -141,7 +141,7 @@ def test_one_failing_captioner_leaves_the_others_working():
     assert by_id["resnet18-xattn"].bleu["bleu1"] == pytest.approx(100.0)
     assert by_id["clipb32-xattn"].caption is None and "out of memory" in by_id["clipb32-xattn"].error
     assert by_id["qformer-bert"].caption == "a blue square"
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="This file is not a readable image"):
         service.caption_image(manager, b"not an image", "all")
 
 
