@@ -408,3 +408,14 @@ def test_hub_export_commits_new_votes_with_the_hub_stubbed(tmp_path):
     ((path, data),) = files
     assert path.startswith("votes/votes-") and path.endswith(".jsonl")
     assert [json.loads(line)["battle_id"] for line in data.decode().splitlines()] == ids
+
+
+def test_full_weights_draw_from_the_report_flickr8k_test_prompts(flickr8k_shared):
+    import random
+
+    from mmdemo.arena.battles import FLICKR8K_PROMPTS
+    from mmdemo.data.flickr8k import load_flickr8k, text_to_image_split
+
+    _, prompts = text_to_image_split(load_flickr8k(flickr8k_shared))
+    assert FLICKR8K_PROMPTS.read_text().splitlines() == [p.strip() for p in prompts]  # the shipped copy
+    assert random_prompt("full", random.Random(1)) in [p.strip() for p in prompts]

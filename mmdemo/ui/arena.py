@@ -188,7 +188,9 @@ def create_arena_tab(ctx: AppContext, handlers: ArenaHandlers, concurrency: int,
     with gr.Tabs():
         with gr.Tab("Text → Image", id="arena-generate"):
             with gr.Row():
-                prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=1, scale=4)
+                prompt = gr.Textbox(
+                    label="Prompt for both models", value="a small red circle on the left", lines=1, scale=4
+                )
                 seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=2**32 - 1, scale=1)
             with gr.Row():
                 dice = gr.Button("🎲 Random prompt", size="sm")
@@ -213,7 +215,10 @@ def create_arena_tab(ctx: AppContext, handlers: ArenaHandlers, concurrency: int,
             with gr.Row():
                 with gr.Column(scale=1):
                     image = RawImageInput(
-                        type="filepath", sources=["upload", "clipboard"], label="Image", height=256
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        label="Image for both models",
+                        height=256,
                     )
                     start_caption = gr.Button("⚔️ New battle", variant="primary")
                     if ctx.examples:
