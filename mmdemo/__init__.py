@@ -15,6 +15,7 @@ An unknown id fails and lists the valid ones; weights that cannot be found raise
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import TYPE_CHECKING
 
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, ModelSpec, get_spec
@@ -22,6 +23,7 @@ from mmdemo.weights import Profile, WeightsUnavailable, resolve
 
 if TYPE_CHECKING:
     from mmdemo.interfaces import Captioner, Generator
+    from mmdemo.runtime import SharedParts
 
 __all__ = [
     "CAPTIONER_IDS",
@@ -48,8 +50,15 @@ def load_captioner(model_id: str, profile: Profile = "auto", *, device: str | No
     return cls.load(spec, resolve(model_id, profile), device=device)
 
 
-def load_generator(model_id: str, profile: Profile = "auto", *, device: str | None = None) -> Generator:
-    """Build generator ``model_id`` with the weights ``profile`` resolves to."""
+def load_generator(
+    model_id: str, profile: Profile = "auto", *, device: str | None = None, shared: SharedParts | None = None
+) -> Generator:
+    """Build generator ``model_id`` with the weights ``profile`` resolves to.
+
+    ``shared``: parts several models use (a :class:`~mmdemo.runtime.SharedParts`, e.g. a
+    :class:`~mmdemo.runtime.ModelManager`'s), loaded once; adapters that have none ignore it.
+    """
     spec = get_spec(model_id, "generator")
     cls = adapter_class(spec)
-    return cls.load(spec, resolve(model_id, profile), device=device)
+    extra = {"shared": shared} if shared is not None and "shared" in inspect.signature(cls.load).parameters else {}
+    return cls.load(spec, resolve(model_id, profile), device=device, **extra)

@@ -14,6 +14,7 @@ and logged by the manager's :class:`~mmdemo.monitoring.RequestMonitor`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import threading
@@ -53,6 +54,37 @@ def module_bytes(model: Any) -> int:
                     seen.add(id(tensor))
                     total += tensor.numel() * tensor.element_size()
     return total
+
+
+class SharedParts:
+    """Heavy parts that several models use (one SDXL pipeline under ``sdxl-base`` and ``sdxl-lora``), loaded once.
+
+    ``get(key, build)`` returns the part for ``key``, building it on first use. A model that holds parts names
+    their keys in its ``shared_parts`` attribute; the :class:`ModelManager` that owns this object then counts
+    each part's memory once, never offloads a part a running model holds, and moves it with its users.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, build: Callable[[], Any]) -> Any:
+        with self._lock:  # one build per part; a second model asking for it waits and shares it
+            if key not in self._parts:
+                self._parts[key] = build()
+            return self._parts[key]
+
+    def bytes(self, key: str) -> int:
+        """The part's bytes now (a LoRA loaded into a shared pipeline adds to it)."""
+        part = self._parts.get(key)
+        return 0 if part is None else module_bytes(part)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+
+def _parts(model: Any) -> tuple[str, ...]:
+    return tuple(getattr(model, "shared_parts", ()))
 
 
 class OutOfMemory(RuntimeError):
@@ -138,7 +170,8 @@ class ModelManager:
         self.profile = profile
         self.device = device or default_device()
         self.gpu_budget_bytes = gpu_budget_bytes if gpu_budget_bytes is not None else self._default_budget()
-        self._loader = loader or _load_by_kind
+        self.shared = SharedParts()  # parts several models use, counted once
+        self._loader = loader or functools.partial(_load_by_kind, shared=self.shared)
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self._state_lock = threading.Lock()  # guards _loaded and _load_locks
         self._load_locks: dict[str, threading.Lock] = {}
@@ -243,7 +276,12 @@ class ModelManager:
         """
         on_gpu = self.device.startswith("cuda")
         with self._state_lock:
-            idle = [(k, e) for k, e in self._loaded.items() if k != keep and e.users == 0]  # oldest first
+            held = self._held_parts(keep)
+            idle = [  # oldest first; a model whose shared part a running model holds stays with it
+                (k, e)
+                for k, e in self._loaded.items()
+                if k != keep and e.users == 0 and not held & set(_parts(e.model))
+            ]
             if not on_gpu:
                 for model_id, _ in idle:
                     del self._loaded[model_id]
@@ -251,8 +289,7 @@ class ModelManager:
         if on_gpu:
             for model_id, entry in idle:
                 if model_id in freed:
-                    entry.model = entry.model.to("cpu")
-                    entry.device = "cpu"
+                    self._offload(entry)
         idle = entry = None  # drop our references before collecting, or a dropped model stays alive
         gc.collect()
         if on_gpu:
@@ -268,24 +305,41 @@ class ModelManager:
         with self.use(model_id) as model:
             return model
 
+    def _held_parts(self, model_id: str | None) -> set[str]:
+        """Shared parts held by a running model or by ``model_id`` (call under ``_state_lock``)."""
+        return {p for k, e in self._loaded.items() if e.users > 0 or k == model_id for p in _parts(e.model)}
+
+    def _resident_bytes(self, entries: list[LoadedModel]) -> int:
+        """Bytes of ``entries`` on the device, each shared part counted once."""
+        parts = {p for e in entries for p in _parts(e.model)}
+        return sum(e.bytes for e in entries) + sum(self.shared.bytes(p) for p in parts)
+
+    def _offload(self, entry: LoadedModel) -> None:
+        entry.model = entry.model.to("cpu")
+        entry.device = "cpu"
+        moved = set(_parts(entry.model))
+        if moved:  # the models sharing a part went to the CPU with it
+            with self._state_lock:
+                for other in self._loaded.values():
+                    if moved & set(_parts(other.model)):
+                        other.device = "cpu"
+
     def _make_room_and_place(self, model_id: str, entry: LoadedModel) -> None:
         if not self.device.startswith("cuda"):
             return
         with self._state_lock:
-            resident = sum(
-                e.bytes for k, e in self._loaded.items() if e.device == self.device and k != model_id
-            )
+            on_device = {k: e for k, e in self._loaded.items() if e.device == self.device and k != model_id}
+            held = self._held_parts(model_id)
             victims = []
             for other_id, other in self._loaded.items():  # oldest first
-                if resident + entry.bytes <= self.gpu_budget_bytes:
+                if self._resident_bytes([*on_device.values(), entry]) <= self.gpu_budget_bytes:
                     break
-                if other_id != model_id and other.device == self.device and other.users == 0:
+                if other_id in on_device and other.users == 0 and not held & set(_parts(other.model)):
                     victims.append((other_id, other))
-                    resident -= other.bytes
+                    del on_device[other_id]
         for other_id, other in victims:
             log.info("offloading %s to CPU to make room for %s", other_id, model_id)
-            other.model = other.model.to("cpu")
-            other.device = "cpu"
+            self._offload(other)
         if entry.device != self.device:
             entry.model = entry.model.to(self.device)
             entry.device = self.device
@@ -309,9 +363,9 @@ class ModelManager:
                 del self._loaded[model_id]
 
 
-def _load_by_kind(model_id: str, profile: Profile, device: str) -> Any:
+def _load_by_kind(model_id: str, profile: Profile, device: str, shared: SharedParts | None = None) -> Any:
     import mmdemo
 
     if get_spec(model_id).kind == "captioner":
         return mmdemo.load_captioner(model_id, profile, device=device)
-    return mmdemo.load_generator(model_id, profile, device=device)
+    return mmdemo.load_generator(model_id, profile, device=device, shared=shared)

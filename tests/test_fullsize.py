@@ -167,9 +167,6 @@ def sdxl_lora(bench):
     generator = bench.build_generator("sdxl-lora", "cpu", BF16)
     yield generator
     _free(generator)
-    from mmdemo.generators.sdxl import clear_shared_pipelines
-
-    clear_shared_pipelines()
 
 
 def test_sdxl_base_and_lora_denoise_and_decode_at_1024(sdxl_lora, bench):

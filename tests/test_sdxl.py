@@ -54,9 +54,7 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture()
 def checkpoints(tiny_root, monkeypatch) -> Path:
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tiny_root))
-    sdxl.clear_shared_pipelines()
-    yield tiny_root
-    sdxl.clear_shared_pipelines()
+    return tiny_root
 
 
 def _pixels(generator, prompt="a small red circle on the left", seed=3, **kw) -> np.ndarray:
@@ -64,11 +62,20 @@ def _pixels(generator, prompt="a small red circle on the left", seed=3, **kw) ->
 
 
 def test_base_and_lora_share_one_pipeline_and_base_stays_exact(checkpoints):
-    base = mmdemo.load_generator("sdxl-base", "demo")
+    from mmdemo.runtime import ModelManager, module_bytes
+
+    manager = ModelManager("demo", device="cpu")  # the app's manager: one pipeline for both models
+    base = manager.get("sdxl-base")
     before = _pixels(base)
-    lora = mmdemo.load_generator("sdxl-lora", "demo")
+    lora = manager.get("sdxl-lora")
     assert lora.shared is base.shared and lora.shared.pipe.unet is base.shared.pipe.unet
-    assert len(sdxl._SHARED) == 1  # noqa: SLF001 - one pipeline, so one UNet in memory
+    assert len(manager.shared) == 1  # one pipeline, so one UNet in memory
+    (key,) = base.shared_parts
+    assert lora.shared_parts == (key,) and manager.shared.bytes(key) == module_bytes(base.shared)
+    loaded = manager.loaded()  # the pipeline counted once, as a shared part, not once per model
+    assert loaded["sdxl-base"]["megabytes"] * 2**20 < manager.shared.bytes(key) / 10
+    private = mmdemo.load_generator("sdxl-base", "demo")  # outside a manager: a pipeline of its own
+    assert private.shared is not base.shared
     assert lora.adapter == "flickr8k" and base.adapter is None
     with_lora = _pixels(lora)
     after = _pixels(base)
@@ -198,9 +205,7 @@ def shipped(monkeypatch) -> Path:
     for name in ("sdxl-base", "sdxl-lora"):
         assert (SHIPPED / name / "config.json").is_file(), f"the shipped demo {name} is missing"
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(SHIPPED.parent))
-    sdxl.clear_shared_pipelines()
-    yield SHIPPED
-    sdxl.clear_shared_pipelines()
+    return SHIPPED
 
 
 def _border_brightness(image) -> float:
@@ -269,9 +274,7 @@ def test_tiny_base_script_trains_on_several_styles_and_loads(tmp_path, monkeypat
     pipe = StableDiffusionXLPipeline.from_pretrained(out)
     assert pipe.vae.config.scaling_factor > 0
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
-    sdxl.clear_shared_pipelines()
     image = mmdemo.load_generator("sdxl-base", "demo").generate("a red circle", seed=0, steps=2).image
-    sdxl.clear_shared_pipelines()
     assert image.size == (32, 32)
     with pytest.raises(ValueError, match="captions.txt"):
         script.parse_args(["--data", str(plain), str(tmp_path), "--out", str(out)])

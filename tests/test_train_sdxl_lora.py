@@ -21,6 +21,7 @@ from conftest import load_script
 from safetensors.torch import load_file
 
 from mmdemo.generators import sdxl
+from mmdemo.runtime import ModelManager
 
 REPO = Path(__file__).resolve().parents[1]
 train_sdxl_lora = load_script("train_sdxl_lora")
@@ -89,8 +90,6 @@ def test_train_resume_and_reload(tiny_pipeline, shapes_dir, tmp_path, monkeypatc
     assert np.abs(plain - adapted).mean() > 1e-4
 
     # The public API: the script's output folder is a demo checkpoint as it stands.
-    import mmdemo
-
     root = tmp_path / "ckpt"
     shutil.copytree(tiny_pipeline, root / "demo" / "sdxl-base")
     shutil.copytree(
@@ -98,15 +97,12 @@ def test_train_resume_and_reload(tiny_pipeline, shapes_dir, tmp_path, monkeypatc
     )
     assert json.loads((root / "demo" / "sdxl-lora" / "config.json").read_text())["base_model"] == "sdxl-base"
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(root))
-    sdxl.clear_shared_pipelines()
-    try:
-        base = mmdemo.load_generator("sdxl-base", "demo")
-        lora = mmdemo.load_generator("sdxl-lora", "demo")
-        first = np.asarray(base.generate("a red circle", seed=0, steps=2).image)
-        assert not np.array_equal(first, np.asarray(lora.generate("a red circle", seed=0, steps=2).image))
-        assert np.array_equal(first, np.asarray(base.generate("a red circle", seed=0, steps=2).image))
-    finally:
-        sdxl.clear_shared_pipelines()
+    manager = ModelManager("demo", device="cpu")  # base and LoRA on one pipeline, as the app runs them
+    base, lora = manager.get("sdxl-base"), manager.get("sdxl-lora")
+    assert lora.shared is base.shared
+    first = np.asarray(base.generate("a red circle", seed=0, steps=2).image)
+    assert not np.array_equal(first, np.asarray(lora.generate("a red circle", seed=0, steps=2).image))
+    assert np.array_equal(first, np.asarray(base.generate("a red circle", seed=0, steps=2).image))
 
 
 def test_metadata_csv_with_cached_latents_and_flips(tiny_pipeline, shapes_dir, tmp_path):

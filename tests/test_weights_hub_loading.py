@@ -24,6 +24,7 @@ import mmdemo
 from mmdemo import weights
 from mmdemo.data.shapes import render_scene, sample_single_object_prompts
 from mmdemo.registry import OWN_WEIGHTS_REPO, REGISTRY, get_spec
+from mmdemo.runtime import ModelManager
 
 DEMO = weights.REPO_ROOT / "checkpoints" / "demo"
 
@@ -195,14 +196,14 @@ def test_sdxl_base_and_lora_load_fp16_variant_files(hub, monkeypatch):
     pipe = StableDiffusionXLPipeline.from_pretrained(DEMO / "sdxl-base")
     pipe.to(torch.float16).save_pretrained(repo, variant="fp16")  # the fp16 files the registry asks for
     _copy(DEMO / "sdxl-lora", _own(hub, "sdxl-lora"), "config.json", sdxl.LORA_WEIGHT_NAME)
-    if hasattr(sdxl, "clear_shared_pipelines"):
-        sdxl.clear_shared_pipelines()
+    manager = ModelManager("full", device="cpu")  # base and LoRA share one pipeline through it
 
-    base = mmdemo.load_generator("sdxl-base", "full", device="cpu")
+    base = manager.get("sdxl-base")
     demo_unet = pipe.unet.state_dict()
     for key, value in base.shared.pipe.unet.state_dict().items():  # the fp16 files, read into fp32 on a CPU
         assert value.dtype == torch.float32 and torch.equal(value, demo_unet[key].float()), key
-    lora = mmdemo.load_generator("sdxl-lora", "full", device="cpu")
+    lora = manager.get("sdxl-lora")
+    assert lora.shared is base.shared and len(manager.shared) == 1
     assert not any(name.endswith("diffusion_pytorch_model.safetensors") for name in hub.downloaded)
     size = dict(width=32, height=32)  # the full profile's default is 1024 px; these are tiny weights
     plain = _image(base.generate("a small red circle on the left", seed=0, steps=2, **size))

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from mmdemo.registry import ModelSpec
+    from mmdemo.runtime import SharedParts
     from mmdemo.weights import ResolvedWeights
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' standard LoRA file name
@@ -352,27 +353,20 @@ def _loaded_adapter_names(pipe: Any) -> set[str]:
     return names
 
 
-_SHARED: dict[tuple[str, str, str], SharedPipeline] = {}
-_SHARED_LOCK = threading.Lock()
-
-
 def shared_pipeline(
-    folder: Path, device: str, dtype: Any, *, vae_fp16_fix: str | None = None
-) -> SharedPipeline:
-    """The one pipeline for (weights folder, device, dtype), loaded on first use."""
-    key = (str(Path(folder).resolve()), device, str(dtype))
-    with _SHARED_LOCK:
-        shared = _SHARED.get(key)
-        if shared is None:
-            shared = SharedPipeline(_load_pipeline(Path(folder), device, dtype, vae_fp16_fix), device, dtype)
-            _SHARED[key] = shared
-        return shared
+    folder: Path, device: str, dtype: Any, *, vae_fp16_fix: str | None = None, parts: SharedParts | None = None
+) -> tuple[SharedPipeline, str]:
+    """(the pipeline for this weights folder, device and dtype, its key in ``parts``).
 
+    With ``parts`` (a :class:`~mmdemo.runtime.ModelManager`'s), every model asking for the same folder gets
+    the same pipeline, loaded once and counted once; without, a private one is loaded.
+    """
+    key = f"sdxl-pipeline:{Path(folder).resolve()}:{device}:{dtype}"
 
-def clear_shared_pipelines() -> None:
-    """Forget every shared pipeline (tests; freeing memory)."""
-    with _SHARED_LOCK:
-        _SHARED.clear()
+    def build() -> SharedPipeline:
+        return SharedPipeline(_load_pipeline(Path(folder), device, dtype, vae_fp16_fix), device, dtype)
+
+    return (parts.get(key, build) if parts is not None else build()), key
 
 
 def _load_pipeline(folder: Path, device: str, dtype: Any, vae_fp16_fix: str | None) -> Any:
@@ -434,14 +428,20 @@ class SDXLGenerator(Generator):
     )
 
     def __init__(
-        self, spec: ModelSpec, weights: ResolvedWeights, shared: SharedPipeline, adapter: str | None
+        self,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        shared: SharedPipeline,
+        adapter: str | None,
+        shared_parts: tuple[str, ...] = (),
     ):
         self.spec = spec
         self.weights = weights
         self.shared = shared
-        self.pipeline = (
-            shared.pipe
-        )  # what mmdemo.runtime.module_bytes measures (both panels count it once each)
+        # The model manager counts a shared pipeline once, by its key; a private one is this model's own bytes.
+        self.shared_parts = shared_parts
+        if not shared_parts:
+            self.pipeline = shared.pipe  # what mmdemo.runtime.module_bytes measures
         self.adapter = adapter
         self.device = shared.device
         self.config = SDXLConfig.from_dict(
@@ -451,7 +451,15 @@ class SDXLGenerator(Generator):
     # ---- loading
 
     @classmethod
-    def load(cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None) -> SDXLGenerator:
+    def load(
+        cls,
+        spec: ModelSpec,
+        weights: ResolvedWeights,
+        *,
+        device: str | None = None,
+        shared: SharedParts | None = None,
+    ) -> SDXLGenerator:
+        """``shared``: where ``sdxl-base`` and ``sdxl-lora`` find their one pipeline (a model manager's parts)."""
         import torch
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -464,18 +472,20 @@ class SDXLGenerator(Generator):
                 spec.id, weights.profile, [str(lora_file)],
                 f"put our LoRA ({LORA_WEIGHT_NAME}, written by train/train_sdxl_lora.py) at {lora_file}",
             )  # fmt: skip
-        shared = shared_pipeline(base_folder, device, dtype, vae_fp16_fix=config.vae_fp16_fix)
+        pipeline, key = shared_pipeline(
+            base_folder, device, dtype, vae_fp16_fix=config.vae_fp16_fix, parts=shared
+        )
         adapter = None
         if lora_file is not None:
             try:
-                adapter = shared.load_lora(lora_file, config.lora_adapter)
+                adapter = pipeline.load_lora(lora_file, config.lora_adapter)
             except ValueError as err:
                 raise WeightsUnavailable(
                     spec.id, weights.profile, [str(lora_file)],
                     f"the LoRA file is unreadable or does not fit the base pipeline ({err}); retrain it with "
                     "train/train_sdxl_lora.py or restore the file (the base model is unaffected)",
                 ) from err  # fmt: skip
-        return cls(spec, weights, shared, adapter)
+        return cls(spec, weights, pipeline, adapter, (key,) if shared is not None else ())
 
     @staticmethod
     def _locate(spec: ModelSpec, weights: ResolvedWeights, config: SDXLConfig) -> tuple[Path, Path | None]:
