@@ -60,5 +60,9 @@ def load_generator(
     """
     spec = get_spec(model_id, "generator")
     cls = adapter_class(spec)
-    extra = {"shared": shared} if shared is not None and "shared" in inspect.signature(cls.load).parameters else {}
+    extra = (
+        {"shared": shared}
+        if shared is not None and "shared" in inspect.signature(cls.load).parameters
+        else {}
+    )
     return cls.load(spec, resolve(model_id, profile), device=device, **extra)

@@ -354,7 +354,12 @@ def _loaded_adapter_names(pipe: Any) -> set[str]:
 
 
 def shared_pipeline(
-    folder: Path, device: str, dtype: Any, *, vae_fp16_fix: str | None = None, parts: SharedParts | None = None
+    folder: Path,
+    device: str,
+    dtype: Any,
+    *,
+    vae_fp16_fix: str | None = None,
+    parts: SharedParts | None = None,
 ) -> tuple[SharedPipeline, str]:
     """(the pipeline for this weights folder, device and dtype, its key in ``parts``).
 
