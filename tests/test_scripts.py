@@ -29,6 +29,7 @@ def _readme_param_rows() -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_params_table_prints_every_model_with_the_readme_numbers(capsys):
     from mmdemo import params
 
@@ -88,6 +89,7 @@ def one_thread(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_captioner_decoding_bench_prints_its_ratios(capsys, one_thread):
     bench = load_script("captioner_decoding", folder="bench")
     bench.main(bench.parse_args(["--tokens", "2", "--batch", "2", "--repeats", "1"]))
@@ -98,6 +100,7 @@ def test_captioner_decoding_bench_prints_its_ratios(capsys, one_thread):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.timeout(600)  # the report preset of the latent model is 1000 sampling steps
 def test_diffusion_presets_bench_prints_its_ratios(capsys, one_thread):
     bench = load_script("diffusion_presets", folder="bench")
@@ -109,6 +112,7 @@ def test_diffusion_presets_bench_prints_its_ratios(capsys, one_thread):
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_infinity_budget_bench_prints_tokens_memory_and_ratios(capsys, one_thread):
     bench = load_script("infinity_budget", folder="bench")
     bench.main(["--repeats", "1"])
