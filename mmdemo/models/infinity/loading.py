@@ -153,11 +153,17 @@ def place_transformer(transformer: nn.Module, device: str | torch.device) -> nn.
     head and the norms outside the blocks stay fp32, and sampling runs under bf16 autocast, as upstream's
     ``load_transformer`` does. On the CPU everything stays fp32 (no fast bf16 kernels there).
     """
+    return cast_like_upstream(transformer, torch.device(device).type).to(device)
+
+
+def cast_like_upstream(transformer: nn.Module, device_type: str) -> nn.Module:
+    """fp32, with the blocks in bf16 when ``device_type`` is ``"cuda"`` (done where the module is, before a move,
+    so only bf16 bytes travel to the GPU)."""
     transformer = transformer.float()
-    if torch.device(device).type == "cuda":
+    if device_type == "cuda":
         for block in transformer.blocks:
-            block.to(dtype=torch.bfloat16)  # cast on the CPU first: only bf16 bytes travel to the GPU
-    return transformer.to(device)
+            block.to(dtype=torch.bfloat16)
+    return transformer
 
 
 def vae_state_from_file(raw: dict[str, Any]) -> dict[str, torch.Tensor]:
