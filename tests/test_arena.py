@@ -65,33 +65,34 @@ def test_fresh_database_is_at_head_and_matches_the_models(db_url):
     assert db.current_revision(engine) == "0002"
 
 
+def _insert_voted_battle(connection, battle_id: str, choice: str) -> None:
+    """A battle and its vote written with plain SQL, as any schema version since 0001 stores them."""
+    now = db.utcnow()
+    battle = dict(task="generate", profile="demo", model_a="pixel-diffusion", model_b="latent-diffusion")
+    connection.execute(
+        insert(db.Battle.__table__).values(
+            id=battle_id,
+            input_hash="h",
+            settings="{}",
+            session_hash="s",
+            app_version="t",
+            created_at=now,
+            **battle,
+        )
+    )
+    connection.execute(
+        insert(db.Vote.__table__).values(battle_id=battle_id, choice=choice, session_hash="s", created_at=now)
+    )
+
+
 def test_an_older_database_is_upgraded_in_place_and_keeps_its_votes(db_url):
     engine = db.make_engine(db.database_url(db_url, Path(".")))
     db.upgrade(engine, "0001")
     assert "ix_arena_votes_session_created" not in {
         i["name"] for i in inspect(engine).get_indexes("arena_votes")
     }
-    now = db.utcnow()
     with engine.begin() as connection:  # a vote written by the 0001 schema
-        connection.execute(
-            insert(db.Battle.__table__).values(
-                id="old-battle",
-                task="generate",
-                profile="demo",
-                model_a="pixel-diffusion",
-                model_b="latent-diffusion",
-                input_hash="h",
-                settings="{}",
-                session_hash="s",
-                app_version="0.0.1",
-                created_at=now,
-            )
-        )
-        connection.execute(
-            insert(db.Vote.__table__).values(
-                battle_id="old-battle", choice="B", session_hash="s", created_at=now
-            )
-        )
+        _insert_voted_battle(connection, "old-battle", "B")
     db.upgrade(engine)
     assert db.current_revision(engine) == "0002"
     assert "ix_arena_votes_session_created" in {i["name"] for i in inspect(engine).get_indexes("arena_votes")}
@@ -106,23 +107,7 @@ def test_the_database_itself_refuses_a_second_vote_a_bad_choice_and_a_forged_bat
     db.upgrade(engine)
     now = db.utcnow()
     with engine.begin() as connection:
-        connection.execute(
-            insert(db.Battle.__table__).values(
-                id="b1",
-                task="caption",
-                profile="demo",
-                model_a="x",
-                model_b="y",
-                input_hash="h",
-                settings="{}",
-                session_hash="s",
-                app_version="t",
-                created_at=now,
-            )
-        )
-        connection.execute(
-            insert(db.Vote.__table__).values(battle_id="b1", choice="A", session_hash="s", created_at=now)
-        )
+        _insert_voted_battle(connection, "b1", "A")
     for values in (
         dict(battle_id="b1", choice="B"),  # second vote on one battle: primary key
         dict(battle_id="nope", choice="A"),  # no such battle: foreign key

@@ -51,8 +51,8 @@ def test_play_one_arena_battle_in_a_real_browser(arena_url, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(arena_url, wait_until="networkidle")
-            page.get_by_role("tab", name="Arena", exact=True).click()
+            page.goto(arena_url, wait_until="load", timeout=180_000)  # a busy machine serves slowly
+            page.get_by_role("tab", name="Arena", exact=True).click(timeout=120_000)
             arena = page.locator("#arena")  # the Arena tab's panel
             vote_a = arena.get_by_role("button", name="👈 A is better")
             expect(vote_a).to_be_disabled()  # nothing to vote on yet

@@ -222,11 +222,16 @@ class Arena:
 
     # -------------------------------------------------------------------------------- battles
 
-    def start_generate(self, prompt: Any, seed: Any, session_id: str | None = None) -> BattleView:
-        """Two anonymous generators draw the same prompt with the same seed and preset."""
+    def _admit_battle(self, session_id: str | None) -> str:
+        """The session's anonymous hash, once its battle rate allows one more."""
         who = self.anonymous(session_id)
         with self.sessions() as session:
             self._check_rate(session, db.Battle, who, self.config.battles_per_minute, "battles")
+        return who
+
+    def start_generate(self, prompt: Any, seed: Any, session_id: str | None = None) -> BattleView:
+        """Two anonymous generators draw the same prompt with the same seed and preset."""
+        who = self._admit_battle(session_id)
         try:
             settings = check_generation(prompt, seed, self.config.preset, self.manager, self.availability)
         except inputs.InputError as err:
@@ -267,9 +272,7 @@ class Arena:
 
     def start_caption(self, image: Any, session_id: str | None = None) -> BattleView:
         """Two anonymous captioners describe the same picture."""
-        who = self.anonymous(session_id)
-        with self.sessions() as session:
-            self._check_rate(session, db.Battle, who, self.config.battles_per_minute, "battles")
+        who = self._admit_battle(session_id)
         try:
             checked = inputs.load_image(image).value
         except inputs.InputError as err:
