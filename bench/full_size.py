@@ -192,13 +192,13 @@ def build_captioner(model_id: str, device: str, dtype: torch.dtype) -> tuple[Any
         size = XAttnConfig(**config).vocab_size
         kwargs["vocab"] = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(size - len(SPECIALS)))])
     elif model_id == "qformer-bert":
-        from mmdemo.captioners.qformer import QFormerBertConfig
         from mmdemo.models.diffusion.text import build_tiny_bert_tokenizer
+        from mmdemo.models.qformer.network import QFormerBertConfig
 
         size = QFormerBertConfig(**config).vocab_size
         kwargs["tokenizer"] = pad_tokenizer(build_tiny_bert_tokenizer(SHAPES_CAPTIONS), size - 1)  # + [DEC]
     else:
-        from mmdemo.captioners.qformer import LLM_PRESETS, QFormerLlamaConfig, build_shapes_bpe
+        from mmdemo.models.qformer.network import LLM_PRESETS, QFormerLlamaConfig, build_shapes_bpe
 
         size = LLM_PRESETS[QFormerLlamaConfig(**config).llm]["vocab_size"]
         kwargs["tokenizer"] = pad_tokenizer(build_shapes_bpe(SHAPES_CAPTIONS, vocab_size=size), size)

@@ -14,8 +14,9 @@ import torch
 from conftest import load_script
 from PIL import Image
 
-from mmdemo.captioners import qformer as qf
 from mmdemo.captioners.base import CaptionNetwork
+from mmdemo.captioners.qformer import QFormerBertCaptioner
+from mmdemo.models.qformer import network as qf
 from mmdemo.params import count_parameters
 from mmdemo.registry import get_spec
 
@@ -408,7 +409,7 @@ def test_bad_images_get_clear_messages(tmp_path):
     from mmdemo.weights import ResolvedWeights
 
     network = tiny("qformer-bert")
-    captioner = qf.QFormerBertCaptioner(spec_of("qformer-bert"), ResolvedWeights.demo(spec_of("qformer-bert"), tmp_path),
+    captioner = QFormerBertCaptioner(spec_of("qformer-bert"), ResolvedWeights.demo(spec_of("qformer-bert"), tmp_path),
                                         network, "cpu")  # fmt: skip
     with pytest.raises(InputError, match="This file is not a readable image"):
         captioner.caption([b"not an image"])

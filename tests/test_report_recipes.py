@@ -230,7 +230,7 @@ def test_sampling_presets_sample_as_the_report_did():
 def test_tinyllama_report_prompt_format_pads_the_prompt_and_targets_the_leading_bos(monkeypatch):
     """The report's code: ``tokenizer(prompt, padding="max_length", max_length=9)`` (with ``<s>``, pads attended),
     then BOS and the queries; the caption keeps its leading ``<s>``, which is a target."""
-    from mmdemo.captioners import qformer as qf
+    from mmdemo.models.qformer import network as qf
 
     torch.manual_seed(0)
     config = {**get_spec("qformer-tinyllama").tiny_config, "prompt_format": "report"}

@@ -2,7 +2,7 @@
 
 The real Q-Former captioners freeze EVA-CLIP ViT-g/14, pretrained elsewhere. Offline there is none, so the
 demo follows the recipe at tiny scale: a ``Blip2VisionModel`` of the ``eva-vit-tiny`` preset
-(``mmdemo/captioners/qformer.py``) is trained here to *recognise* Shapes scenes from ``scenes.jsonl`` (for
+(``mmdemo/models/qformer/network.py``) is trained here to *recognise* Shapes scenes from ``scenes.jsonl`` (for
 each of the five positions: which colour, shape and size is there, or nothing; and the background), on the
 report split's training images only and never on captions. Then
 ``train/train_captioner.py --model qformer-bert --size tiny --init-dir OUT`` loads and freezes it.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdemo.captioners.qformer import VISION_PRESETS, _pil_to_tensor, vision_config
+from mmdemo.models.qformer.network import VISION_PRESETS, _pil_to_tensor, vision_config
 from mmdemo.training.plots import Curve, plot_loss_curves
 
 STATE_DIR = "state"

@@ -2,7 +2,7 @@
 
 The real model freezes TinyLlama-1.1B-Chat, pretrained elsewhere. Offline there is none, so the demo follows
 the recipe at tiny scale: a ``LlamaForCausalLM`` of the ``tiny-llama-shapes`` preset
-(``mmdemo/captioners/qformer.py``) and a Llama-style BPE tokenizer are trained here on the *training* captions
+(``mmdemo/models/qformer/network.py``) and a Llama-style BPE tokenizer are trained here on the *training* captions
 of a Shapes folder (the report's 80 % image split, all five captions per image; validation images are never
 seen), then ``train/train_captioner.py --model qformer-tinyllama --size tiny --init-dir INIT`` loads it from
 ``INIT/llm/`` and freezes it.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from mmdemo.captioners.qformer import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config
+from mmdemo.models.qformer.network import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config
 from mmdemo.training.plots import Curve, plot_loss_curves
 
 STATE_DIR = "state"
