@@ -26,7 +26,7 @@ from typing import Any
 
 from mmdemo.monitoring import RequestMonitor
 from mmdemo.registry import get_spec
-from mmdemo.weights import ModelNotImplemented, Profile, WeightsUnavailable
+from mmdemo.weights import Profile, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def outcome_of(err: BaseException) -> str:
     """The log's name for how a run failed (see :data:`mmdemo.monitoring.OUTCOMES`)."""
     from mmdemo.inputs import InputError
 
-    if isinstance(err, (WeightsUnavailable, ModelNotImplemented)):
+    if isinstance(err, WeightsUnavailable):
         return "unavailable"
     if isinstance(err, InputError):
         return "rejected"
@@ -355,12 +355,6 @@ class ModelManager:
                 }
                 for k, e in self._loaded.items()
             }
-
-    def unload(self, model_id: str) -> None:
-        with self._state_lock:
-            entry = self._loaded.get(model_id)
-            if entry is not None and entry.users == 0:
-                del self._loaded[model_id]
 
 
 def _load_by_kind(model_id: str, profile: Profile, device: str, shared: SharedParts | None = None) -> Any:

@@ -63,15 +63,6 @@ class WeightsUnavailable(RuntimeError):
         )
 
 
-class ModelNotImplemented(NotImplementedError):
-    """The id is registered but its implementation has not landed yet."""
-
-    def __init__(self, spec: ModelSpec):
-        self.model_id = spec.id
-        issue = f" (tracked in issue #{spec.issue})" if spec.issue else ""
-        super().__init__(f"{spec.display_name} ({spec.id}) is not implemented yet{issue}.")
-
-
 def checkpoint_root() -> Path:
     """``$MMDEMO_CHECKPOINTS`` if set, else ``checkpoints/`` in the repository."""
     env = os.environ.get("MMDEMO_CHECKPOINTS")
