@@ -364,28 +364,30 @@ def build_generator(model_id: str, device: str, dtype: torch.dtype) -> Any:
 def _build_sdxl(spec: Any, weights: Any, device: str, dtype: torch.dtype) -> Any:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from mmdemo.generators import sdxl
+    from mmdemo.generators.sdxl import SDXLGenerator
     from mmdemo.models.diffusion.text import build_tiny_clip_tokenizer
+    from mmdemo.models.sdxl.config import SDXL_SCHEDULER_CONFIG, SDXLConfig, lora_config
+    from mmdemo.models.sdxl.pipeline import SharedPipeline, build_sdxl_modules
 
-    config = sdxl.SDXLConfig.from_dict(dict(spec.full_config))
+    config = SDXLConfig.from_dict(dict(spec.full_config))
     with fast_init(dtype), torch.device("cpu"):
-        modules = sdxl._build_sdxl_modules(config.pipeline)
+        modules = build_sdxl_modules(config.pipeline)
     for module in modules.values():
         fill_(module, dtype=dtype)
     tokenizer = pad_tokenizer(build_tiny_clip_tokenizer(SHAPES_CAPTIONS, max_length=77), 49408)
     pipe = StableDiffusionXLPipeline(
         vae=modules["vae"], text_encoder=modules["text_encoder"], text_encoder_2=modules["text_encoder_2"],
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=modules["unet"],
-        scheduler=EulerDiscreteScheduler(**sdxl.SDXL_SCHEDULER_CONFIG), force_zeros_for_empty_prompt=True,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG), force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    shared = sdxl.SharedPipeline(pipe, device, dtype)
+    shared = SharedPipeline(pipe, device, dtype)
     adapter = None
     if config.lora_rank is not None:
         adapter = "bench-lora"
-        pipe.unet.add_adapter(sdxl.lora_config(config.lora_rank), adapter_name=adapter)
+        pipe.unet.add_adapter(lora_config(config.lora_rank), adapter_name=adapter)
         lora = {n: p for n, p in pipe.unet.named_parameters() if "lora_" in n}
         for name, param in lora.items():
             with torch.no_grad():
@@ -393,7 +395,7 @@ def _build_sdxl(spec: Any, weights: Any, device: str, dtype: torch.dtype) -> Any
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
         pipe.unet.to(device=device, dtype=dtype)
         shared.adapters["random LoRA"] = adapter
-    return sdxl.SDXLGenerator(spec, weights, shared, adapter)
+    return SDXLGenerator(spec, weights, shared, adapter)
 
 
 def _build_infinity(spec: Any, weights: Any, device: str, dtype: torch.dtype) -> Any:

@@ -184,7 +184,7 @@ def test_sdxl_base_and_lora_denoise_and_decode_at_1024(sdxl_lora, bench):
 
 
 def test_sdxl_lora_trains_one_step_at_1024_with_gradient_checkpointing(sdxl_lora):
-    from mmdemo.generators.sdxl import add_time_ids, encode_tokens, tokenize
+    from mmdemo.models.sdxl.training import add_time_ids, encode_tokens, tokenize
 
     pipe = sdxl_lora.shared.pipe
     sdxl_lora.shared.select(sdxl_lora.adapter)

@@ -32,7 +32,7 @@ LATENT = SimpleNamespace(
 def _schedulers() -> dict[str, object]:
     from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-    from mmdemo.generators.sdxl import SDXL_SCHEDULER_CONFIG, TINY_SCHEDULER_CONFIG
+    from mmdemo.models.sdxl.config import SDXL_SCHEDULER_CONFIG, TINY_SCHEDULER_CONFIG
 
     made = {}
     for name, config in (("pixel", PIXEL), ("latent", LATENT)):

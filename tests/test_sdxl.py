@@ -17,6 +17,8 @@ import torch
 import mmdemo
 from mmdemo.generators import sdxl
 from mmdemo.inputs import InputError
+from mmdemo.models.sdxl import tiny
+from mmdemo.models.sdxl.config import LORA_TARGET_MODULES, LORA_WEIGHT_NAME, lora_config
 from mmdemo.weights import WeightsUnavailable
 
 STEPS = 3
@@ -29,7 +31,7 @@ def _write_lora(pipe, folder: Path, seed: int, rank: int = 4) -> Path:
     from peft.utils import get_peft_model_state_dict
 
     unet = pipe.unet
-    unet.add_adapter(sdxl.lora_config(rank), adapter_name="tmp")
+    unet.add_adapter(lora_config(rank), adapter_name="tmp")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in unet.named_parameters():
@@ -39,14 +41,14 @@ def _write_lora(pipe, folder: Path, seed: int, rank: int = 4) -> Path:
     unet.delete_adapters("tmp")
     StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=state)
     (folder / "config.json").write_text(json.dumps({"format": "diffusers-lora", "base_model": "sdxl-base"}))
-    return folder / sdxl.LORA_WEIGHT_NAME
+    return folder / LORA_WEIGHT_NAME
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
-    pipe = sdxl.build_tiny_pipeline(seed=0)
-    sdxl.save_demo_pipeline(pipe, root / "demo" / "sdxl-base")
+    pipe = tiny.build_tiny_pipeline(seed=0)
+    tiny.save_demo_pipeline(pipe, root / "demo" / "sdxl-base")
     _write_lora(pipe, root / "demo" / "sdxl-lora", seed=1)
     return root
 
@@ -140,13 +142,13 @@ def test_missing_or_corrupt_lora_leaves_base_working(checkpoints, tmp_path, monk
     reference = _pixels(base)
     with pytest.raises(WeightsUnavailable):  # no safetensors file at all
         mmdemo.load_generator("sdxl-lora", "demo")
-    (lora_dir / sdxl.LORA_WEIGHT_NAME).write_bytes(b"\x00garbage, not a safetensors file" * 10)
+    (lora_dir / LORA_WEIGHT_NAME).write_bytes(b"\x00garbage, not a safetensors file" * 10)
     with pytest.raises(WeightsUnavailable, match="LoRA file is unreadable"):
         mmdemo.load_generator("sdxl-lora", "demo")
     # A well-formed safetensors file whose tensors fit no layer of this UNet.
     from safetensors.torch import save_file
 
-    save_file({"unet.nonsense.lora.down.weight": torch.zeros(4, 7)}, str(lora_dir / sdxl.LORA_WEIGHT_NAME))
+    save_file({"unet.nonsense.lora.down.weight": torch.zeros(4, 7)}, str(lora_dir / LORA_WEIGHT_NAME))
     with pytest.raises(WeightsUnavailable):
         mmdemo.load_generator("sdxl-lora", "demo")
     assert np.array_equal(_pixels(base), reference), "a failed LoRA load must not touch the base model"
@@ -190,7 +192,7 @@ def test_parameter_table_counts_full_size_sdxl():
     expected = sum(
         8 * (m.in_features + m.out_features)
         for name, m in tiny["unet"].named_modules()
-        if name.endswith(tuple(f"{t}.base_layer" for t in sdxl.LORA_TARGET_MODULES))
+        if name.endswith(tuple(f"{t}.base_layer" for t in LORA_TARGET_MODULES))
     )
     assert trainable == expected > 0
 

@@ -20,7 +20,8 @@ from _accelerate_launch import assert_two_cpu_processes, two_cpu_processes
 from conftest import load_script
 from safetensors.torch import load_file
 
-from mmdemo.generators import sdxl
+from mmdemo.models.sdxl import config as sdxl
+from mmdemo.models.sdxl import tiny
 from mmdemo.runtime import ModelManager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pipe") / "sdxl-base"
-    return sdxl.save_demo_pipeline(sdxl.build_tiny_pipeline(seed=0), folder)
+    return tiny.save_demo_pipeline(tiny.build_tiny_pipeline(seed=0), folder)
 
 
 @pytest.fixture(scope="module")

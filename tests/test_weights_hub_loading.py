@@ -190,7 +190,7 @@ def test_infinity_loads_pth_files_and_sharded_t5(hub, monkeypatch):
 def test_sdxl_base_and_lora_load_fp16_variant_files(hub, monkeypatch):
     from diffusers import StableDiffusionXLPipeline
 
-    from mmdemo.generators import sdxl
+    from mmdemo.models.sdxl import config as sdxl
 
     for model_id in ("sdxl-base", "sdxl-lora"):
         spec = get_spec(model_id)

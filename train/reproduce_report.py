@@ -136,8 +136,8 @@ def tiny_preparation(args: argparse.Namespace) -> list[Stage]:
               data, "--out", str(prep / "clip"), "--steps", "2", "--batch-size", "8"], prep / "clip"),
         Stage("tiny-llm", [*py, str(TRAIN / "pretrain_tiny_lm.py"), "--data", data, "--out",
               str(prep / "llm_init" / "llm"), "--steps", "2", "--batch-size", "8"], prep / "llm_init" / "llm"),
-        Stage("tiny-sdxl-base", [*py, "-c", "import sys; from mmdemo.generators import sdxl; "
-              "sdxl.save_demo_pipeline(sdxl.build_tiny_pipeline(seed=0), sys.argv[1])", str(prep / "sdxl-base")],
+        Stage("tiny-sdxl-base", [*py, "-c", "import sys; from mmdemo.models.sdxl import tiny; "
+              "tiny.save_demo_pipeline(tiny.build_tiny_pipeline(seed=0), sys.argv[1])", str(prep / "sdxl-base")],
               prep / "sdxl-base"),
     ]  # fmt: skip
     for stage in stages:

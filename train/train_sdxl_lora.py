@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmdemo.generators.sdxl import LORA_TARGET_MODULES, LORA_WEIGHT_NAME, encode_tokens, lora_config, tokenize
+from mmdemo.models.sdxl.config import LORA_TARGET_MODULES, LORA_WEIGHT_NAME, lora_config
+from mmdemo.models.sdxl.training import encode_tokens, tokenize
 from mmdemo.recipes import SDXL_LORA, add_recipe_argument, apply_recipe
 from mmdemo.training.checkpoints import last_checkpoint, prune_checkpoints
 from mmdemo.training.plots import Curve, plot_loss_curves

@@ -36,14 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from mmdemo.data.flickr8k import load_flickr8k, text_to_image_split
-from mmdemo.generators.sdxl import (
-    TINY_SCHEDULER_CONFIG,
-    add_time_ids,
-    build_tiny_pipeline,
-    encode_tokens,
-    save_demo_pipeline,
-    tokenize,
-)
+from mmdemo.models.sdxl.config import TINY_SCHEDULER_CONFIG
+from mmdemo.models.sdxl.tiny import build_tiny_pipeline, save_demo_pipeline
+from mmdemo.models.sdxl.training import add_time_ids, encode_tokens, tokenize
 from mmdemo.training import set_threads
 from mmdemo.training.plots import Curve, plot_loss_curves
 
