@@ -21,7 +21,11 @@ from mmdemo.models.diffusion import sampling
 from mmdemo.models.guards import NonFiniteOutput, check_finite
 
 PIXEL = SimpleNamespace(
-    num_train_timesteps=1000, beta_schedule="linear", beta_start=0.0001, beta_end=0.02, prediction_type="epsilon"
+    num_train_timesteps=1000,
+    beta_schedule="linear",
+    beta_start=0.0001,
+    beta_end=0.02,
+    prediction_type="epsilon",
 )
 LATENT = SimpleNamespace(
     num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
@@ -41,7 +45,9 @@ def _schedulers() -> dict[str, object]:
     for name, config in (("sdxl-full", SDXL_SCHEDULER_CONFIG), ("sdxl-demo", TINY_SCHEDULER_CONFIG)):
         report = EulerDiscreteScheduler(**config)
         made[f"{name}-report"] = report
-        made[f"{name}-fast"] = DPMSolverMultistepScheduler.from_config(report.config)  # as the adapter builds it
+        made[f"{name}-fast"] = DPMSolverMultistepScheduler.from_config(
+            report.config
+        )  # as the adapter builds it
     return made
 
 
@@ -131,5 +137,88 @@ def test_check_finite_counts_nan_and_infinity():
     ok = torch.ones(3)
     assert check_finite(ok, model="m", where="here") is ok
     bad = torch.tensor([1.0, float("nan"), float("inf"), -float("inf")])
-    with pytest.raises(NonFiniteOutput, match=r"m produced non-finite values here \(1 NaN and 2 infinite out of 4\)"):
+    with pytest.raises(
+        NonFiniteOutput, match=r"m produced non-finite values here \(1 NaN and 2 infinite out of 4\)"
+    ):
         check_finite(bad, model="m", where="here")
+
+
+# ------------------------------------------------------------------------------------------ the demo models
+
+
+@pytest.fixture(scope="module")
+def demo_generators():
+    import mmdemo
+
+    loaded: dict[str, object] = {}
+
+    def get(model_id: str):
+        if model_id not in loaded:
+            loaded[model_id] = mmdemo.load_generator(model_id, profile="demo")
+        return loaded[model_id]
+
+    return get
+
+
+def _picture(result) -> np.ndarray:
+    image = result.image if hasattr(result, "image") else result
+    return np.asarray(image, dtype=np.float64)
+
+
+def _assert_a_picture(array: np.ndarray) -> None:
+    assert array.std() > 1.0 and array.mean() > 1.0, "a flat or black picture"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_id", ["pixel-diffusion", "latent-diffusion", "sdxl-base", "sdxl-lora"])
+@pytest.mark.parametrize("preset", ["fast", "report"])
+def test_demo_models_draw_a_picture_at_one_step(demo_generators, model_id, preset):
+    _assert_a_picture(
+        _picture(demo_generators(model_id).generate("a red circle", seed=0, preset=preset, steps=1))
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_pixel_diffusion_fast_at_1000_steps_is_a_picture_not_black(demo_generators):
+    """The reported case: /generate with {"pixel-diffusion": {"steps": 1000}} at the fast preset was all black."""
+    result = demo_generators("pixel-diffusion").generate(
+        "a red circle on the left", seed=1234, preset="fast", steps=1000
+    )
+    _assert_a_picture(_picture(result))
+
+
+@pytest.mark.slow
+def test_sdxl_demo_fast_at_61_steps_runs_61_distinct_steps(demo_generators):
+    """61 was one of the counts where the trailing grid ended at timestep -1 with one step too many."""
+    seen = []
+    result = demo_generators("sdxl-base").generate(
+        "a red circle", seed=0, preset="fast", steps=61, progress=lambda done, total: seen.append(total)
+    )
+    _assert_a_picture(_picture(result))
+    assert set(seen) == {61} and len(seen) == 61
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [dict(guidance=0.0), dict(guidance=50.0), dict(tau=0.01), dict(tau=10.0)])
+def test_infinity_demo_draws_at_the_extremes_of_its_options(demo_generators, options):
+    _assert_a_picture(_picture(demo_generators("infinity-2b").generate("a red circle", seed=0, **options)))
+
+
+def test_a_nan_in_a_real_model_becomes_that_models_error_in_the_service(demo_generators, monkeypatch):
+    """Through the service, as the app calls it: the panel gets an error naming model and step, no picture."""
+    from mmdemo import service
+    from mmdemo.runtime import ModelManager
+
+    generator = demo_generators("pixel-diffusion")
+    denoiser = generator.model.denoiser
+    original = type(denoiser).forward
+    monkeypatch.setattr(
+        type(denoiser), "forward", lambda self, *a, **k: original(self, *a, **k) * float("nan")
+    )
+    manager = ModelManager("demo", device="cpu", loader=lambda model_id, profile, device: generator)
+    settings = service.check_generate_settings("a red circle", 0, profiles="demo")
+    outcomes = list(service.generate_images(manager, settings, ["pixel-diffusion"]))
+    (model_id, image, record) = outcomes[0][:3]
+    assert image is None
+    assert "pixel-diffusion produced non-finite values at step 1 of" in record.error
