@@ -187,7 +187,7 @@ def build_captioner(model_id: str, device: str, dtype: torch.dtype) -> tuple[Any
     kwargs: dict[str, Any] = {}
     if model_id.endswith("xattn"):
         from mmdemo.captioners.vocab import SPECIALS, Vocabulary
-        from mmdemo.captioners.xattn import XAttnConfig
+        from mmdemo.models.xattn.network import XAttnConfig
 
         size = XAttnConfig(**config).vocab_size
         kwargs["vocab"] = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(size - len(SPECIALS)))])

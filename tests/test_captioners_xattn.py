@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mmdemo.captioners.vocab import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Vocabulary, tokenize
-from mmdemo.captioners.xattn import XAttnCaptionNetwork, XAttnConfig
+from mmdemo.models.xattn.network import XAttnCaptionNetwork, XAttnConfig
 from mmdemo.params import count_parameters
 from mmdemo.registry import get_spec
 

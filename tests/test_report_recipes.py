@@ -260,7 +260,7 @@ def test_xattn_report_settings_squash_and_drop_the_image_features():
     import numpy as np
     from PIL import Image
 
-    from mmdemo.captioners.xattn import XAttnCaptionNetwork, XAttnConfig, preprocess_images
+    from mmdemo.models.xattn.network import XAttnCaptionNetwork, XAttnConfig, preprocess_images
 
     config = XAttnConfig(**{**get_spec("resnet18-xattn").tiny_config, "image_dropout": 0.2, "resize": "squash"})
     wide = Image.fromarray(np.tile(np.arange(160, dtype=np.uint8)[None, :, None], (40, 1, 3)))  # 160 x 40

@@ -177,7 +177,7 @@ def test_feature_cache_reused_and_invalidated(shapes_dir, tmp_path):
 
 
 def test_clip_variant_trains_and_reloads(shapes_dir, tmp_path):
-    from mmdemo.captioners.xattn import XAttnCaptionNetwork
+    from mmdemo.models.xattn.network import XAttnCaptionNetwork
 
     summary = train(shapes_dir, tmp_path / "clip", "--max-steps", "2", model="clipb32-xattn")
     assert summary["steps"] == 2

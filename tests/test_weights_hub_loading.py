@@ -72,7 +72,7 @@ def _pictures() -> list:
 
 @pytest.mark.parametrize("model_id", ["resnet18-xattn", "clipb32-xattn"])
 def test_xattn_captioners_load_from_timm_layouts(hub, model_id):
-    from mmdemo.captioners.xattn import XAttnCaptionNetwork
+    from mmdemo.models.xattn.network import XAttnCaptionNetwork
 
     network = XAttnCaptionNetwork.from_pretrained(DEMO / model_id)
     vision = {k.removeprefix("vision."): v.contiguous() for k, v in network.state_dict().items()

@@ -2,7 +2,7 @@
 
 The real captioners freeze an encoder pretrained elsewhere (ImageNet ResNet-18, CLIP). Offline there is
 no such encoder, so the demo follows the same recipe at tiny scale: the tiny encoder (the same torchvision
-/ open_clip classes, see ``mmdemo/captioners/xattn.py``) is first trained to *recognise* Shapes scenes from
+/ open_clip classes, see ``mmdemo/models/xattn/network.py``) is first trained to *recognise* Shapes scenes from
 ``scenes.jsonl`` (for each of the five positions: which colour, shape and size is there, or nothing; and
 the background), never on captions; ``train/train_captioner.py --init-dir OUT`` then loads and freezes it.
 
@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdemo.captioners.xattn import VISION_SPECS, XAttnConfig, build_vision, preprocess_images, vision_tokens
+from mmdemo.models.xattn.network import (
+    VISION_SPECS,
+    XAttnConfig,
+    build_vision,
+    preprocess_images,
+    vision_tokens,
+)
 from mmdemo.training import set_threads
 
 NONE = "<none>"

@@ -4,8 +4,9 @@ The four captioner families differ a lot inside (a Transformer decoder over ResN
 that decodes as BERT, a Q-Former feeding a frozen TinyLlama), but one training script
 (``train/train_captioner.py``), one evaluation script (``train/evaluate_captioner.py``), one benchmark
 and the app drive them all through two small surfaces defined here. A family module (e.g.
-``mmdemo/captioners/xattn.py``) writes a :class:`CaptionNetwork` subclass and a three-line
-:class:`CaptionerAdapter` subclass naming it; the registry's ``adapter=`` points at the adapter.
+``mmdemo/models/xattn/network.py``) writes a :class:`CaptionNetwork` subclass, and a three-line
+:class:`CaptionerAdapter` subclass in ``mmdemo/captioners/`` names it; the registry's ``adapter=`` points at
+the adapter.
 
 **1. The network** (:class:`CaptionNetwork`, an ``nn.Module``):
 
