@@ -108,25 +108,26 @@ def test_presets_progress_and_notices(checkpoints):
     assert any("no option 'pixel_budget'" in n for n in other.notices)
 
 
+# Each bad value and the words its message must carry (our messages name the option and the value).
 BAD_INPUTS = [
-    dict(prompt="   "),
-    dict(seed=-1),
-    dict(seed="abc"),
-    dict(steps=0),
-    dict(steps=2.5),
-    dict(guidance=float("nan")),
-    dict(guidance=-1),
-    dict(width=33),
-    dict(height=4096),
-    dict(preset="best"),
+    (dict(prompt="   "), "The prompt is empty"),
+    (dict(seed=-1), "seed must be between 0 and 4294967295, got -1"),
+    (dict(seed="abc"), "seed must be a number, got 'abc'"),
+    (dict(steps=0), "steps must be a whole number from 1 to 1000, got 0"),
+    (dict(steps=2.5), "steps must be a whole number from 1 to 1000, got 2.5"),
+    (dict(guidance=float("nan")), "guidance must be a finite number from 0 to 50, got nan"),
+    (dict(guidance=-1), "guidance must be a finite number from 0 to 50, got -1"),
+    (dict(width=33), "width must be a whole number .*multiple of 8, got 33"),
+    (dict(height=4096), "height must be a whole number from 8 to .*, got 4096"),
+    (dict(preset="best"), "Unknown preset 'best'"),
 ]
 
 
 def test_bad_inputs_get_clear_messages(checkpoints):
     base = mmdemo.load_generator("sdxl-base", "demo")
-    for kwargs in BAD_INPUTS:
+    for kwargs, message in BAD_INPUTS:
         call = dict(prompt="a red circle", seed=0, steps=1) | kwargs
-        with pytest.raises(InputError):
+        with pytest.raises(InputError, match=message):
             base.generate(call.pop("prompt"), **call)
     assert base.generate("a red circle", seed=0, steps=1).image.size == (32, 32)  # still fine afterwards
 
