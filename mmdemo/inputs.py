@@ -286,7 +286,12 @@ def load_image(source: Any) -> Checked:
             raise InputError(
                 f"The image is too large (more than {MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it and try again."
             ) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        except UnidentifiedImageError:
+            # Pillow's own message names the in-memory buffer (``<_io.BytesIO object at 0x...>``): say it in words.
+            raise InputError(
+                "This file is not a readable image (not a format we know): upload a PNG, JPEG, WebP, GIF or BMP picture."
+            ) from None
+        except (OSError, SyntaxError, ValueError) as err:
             raise InputError(f"This file is not a readable image ({type(err).__name__}: {err}).") from None
     _check_size(image.size)
     if getattr(image, "is_animated", False):

@@ -10,7 +10,7 @@ import gradio as gr
 from mmdemo.arena.battles import ArenaConfig
 from mmdemo.monitoring import OpsSettings
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
-from mmdemo.ui import about, ops
+from mmdemo.ui import about, compare, ops
 from mmdemo.ui import arena as arena_ui
 from mmdemo.ui.components import RawImageInput
 from mmdemo.ui.handlers import (
@@ -32,13 +32,25 @@ APP_CSS = """
 .generated.demo-pixels .image-frame, .generated.demo-pixels img {
     width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
 }
+.caption-input.demo-pixels .image-frame, .caption-input.demo-pixels img {
+    width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
+}
+.compare-slider img { image-rendering: pixelated; }
 """
 
 
 def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            image = RawImageInput(type="filepath", sources=["upload", "clipboard"], label="Image", height=320)
+            # Demo examples are 64 px Shapes pictures: shown enlarged to the box, with crisp pixels.
+            demo_pixels = any(ctx.availability.get(m) == "demo" for m in CAPTIONER_IDS)
+            image = RawImageInput(
+                type="filepath",
+                sources=["upload", "clipboard"],
+                label="Image",
+                height=320,
+                elem_classes=["caption-input"] + (["demo-pixels"] if demo_pixels else []),
+            )
             model = gr.Radio(
                 [("All four, side by side", "all")] + [(REGISTRY[m].display_name, m) for m in CAPTIONER_IDS],
                 value="all",
@@ -64,9 +76,12 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
                 datatype=["str", "str", "number", "str", "str"],
                 label="Captions",
                 wrap=True,
+                # Captions wrap in the wide column; the numbers keep narrow columns that stay in view.
+                column_widths=["17%", "47%", "10%", "12%", "14%"],
             )
-            references = gr.Markdown()
-            records = gr.JSON(label="Records (API)", open=False)
+            references = gr.Markdown(label="Reference captions")
+            with gr.Accordion("Records (API)", open=False):
+                records = gr.JSON(label="Records (API)", open=False)
     button.click(
         caption_handler(ctx),
         inputs=[image, model, num_beams, max_new_tokens],
@@ -129,11 +144,11 @@ def _option_field(option: Option) -> gr.components.Component:
     )
 
 
-def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
+def create_generate_tab(ctx: AppContext, concurrency: int) -> compare.GenerateInputs:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=2, max_lines=6)
-            negative = gr.Textbox(label="Negative prompt (models that support it)", lines=1)
+            negative = gr.Textbox(value="", label="Negative prompt (models that support it)", lines=1)
         with gr.Column(scale=2):
             models = gr.CheckboxGroup(
                 [(REGISTRY[m].display_name, m) for m in GENERATOR_IDS],
@@ -170,8 +185,10 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
 
     for field in fields:
         field.change(collect, fields, field_options, queue=False, api_visibility="private")
-    button = gr.Button("Generate", variant="primary")
-    images, texts = [], []
+    button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+    link_inputs = compare.GenerateInputs(prompt, negative, seed, preset, models, overrides, field_options)
+    compare.create_link_row(link_inputs)
+    images, texts, seed_buttons = [], [], {}
     with gr.Row(equal_height=True):
         for model_id in GENERATOR_IDS:
             with gr.Column(min_width=180):
@@ -187,19 +204,32 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
                         + (["demo-pixels"] if ctx.availability.get(model_id) == "demo" else []),
                     )
                 )
-                texts.append(gr.Markdown(elem_classes=["panel-caption"]))
+                texts.append(
+                    gr.Markdown(
+                        label=f"{REGISTRY[model_id].display_name}: time, seed, weights, score",
+                        elem_classes=["panel-caption"],
+                    )
+                )
+                seed_buttons[model_id] = compare.seed_button()
+    compare.create_slider(images)
     with gr.Row():
-        records = gr.JSON(label="Records (API)", open=False)
+        with gr.Accordion("Records (API)", open=False):
+            records = gr.JSON(label="Records (API)", open=False)
         archive = gr.File(label="Download all (PNG + settings JSON)")
+    compare.wire_seed_buttons(seed_buttons, records, seed)
     dice.click(random_seed, outputs=seed, api_name="random_seed", queue=False)
     generate = generate_handler(ctx)
-    example_inputs = [prompt, models, seed, preset, negative, overrides]
-    example_outputs = [*images, *texts, records, archive]
+
+    def run_example(example_prompt: str):
+        """An example prompt with every model, seed 0 and the fast preset (what a cached example shows)."""
+        yield from generate(example_prompt, list(GENERATOR_IDS), 0, "fast", "", "{}", None)
+
+    # The table lists prompts only (as text); the other settings stay as they are on the page.
     gr.Examples(
-        [[p, list(GENERATOR_IDS), 0, "fast", "", "{}"] for p in example_prompts(ctx)],
-        inputs=example_inputs,
-        outputs=example_outputs,
-        fn=generate,
+        example_prompts(ctx),
+        inputs=[prompt],
+        outputs=[*images, *texts, records, archive],
+        fn=run_example,
         # On a Space, an example runs once, the first time someone picks it, and is served from the cache
         # after that; locally picking an example only fills the inputs.
         cache_examples=bool(os.environ.get("SPACE_ID")),
@@ -214,6 +244,7 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> None:
         concurrency_id=MODEL_CONCURRENCY_ID,
         concurrency_limit=concurrency,
     )
+    return link_inputs
 
 
 def build_app(
@@ -231,16 +262,17 @@ def build_app(
     with gr.Blocks(title="mmdemo: compare multimodal models", delete_cache=settings.delete_cache) as demo:
         gr.Markdown("# mmdemo: try and compare captioners and image generators")
         gr.Markdown(ctx.banner(), elem_id="profile-banner")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Image → Text", id="caption"):
                 create_caption_tab(ctx, concurrency)
             with gr.Tab("Text → Image", id="generate"):
-                create_generate_tab(ctx, concurrency)
+                link_inputs = create_generate_tab(ctx, concurrency)
             # Arena + Leaderboard: blind battles and their votes (database: ``arena_config``).
             arena_ui.create_arena_tabs(ctx, arena_config, concurrency, MODEL_CONCURRENCY_ID)
             with gr.Tab("About", id="about"):
                 params = about.create_about_tab(ctx)
                 ops.create_live_stats(ctx)
         ops.register_endpoints(ctx, settings)
+        compare.register_link_restore(demo, tabs, link_inputs)  # settings from a shared link's URL
         demo.load(about.param_table, outputs=params, api_visibility="private", show_progress="hidden")
     return demo
