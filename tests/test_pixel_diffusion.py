@@ -178,6 +178,7 @@ def test_full_profile_reads_bert_snapshot_and_our_weights(diffusion_assets, tmp_
     for item in (built / "tokenizer").iterdir():
         shutil.copy(item, bert_dir / item.name)
     (tmp_path / "pixel-diffusion").mkdir()
+    (bert_dir / "vocab.txt").write_text("[PAD]\n")  # the real repo has it; our fast tokenizer reads tokenizer.json
     for name in ("config.json", "model.safetensors"):
         shutil.copy(built / name, tmp_path / "pixel-diffusion" / name)
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
