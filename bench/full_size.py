@@ -326,24 +326,24 @@ def build_generator(model_id: str, device: str, dtype: torch.dtype) -> Any:
 
         if model_id == "pixel-diffusion":
             from mmdemo.generators.pixel_diffusion import (
-                PixelDiffusionConfig as Config,
-            )
-            from mmdemo.generators.pixel_diffusion import (
                 PixelDiffusionGenerator as Generator,
             )
-            from mmdemo.generators.pixel_diffusion import (
+            from mmdemo.models.diffusion.pixel import (
+                PixelDiffusionConfig as Config,
+            )
+            from mmdemo.models.diffusion.pixel import (
                 PixelDiffusionModel as Model,
             )
 
             tokenizer = pad_tokenizer(build_tiny_bert_tokenizer(SHAPES_CAPTIONS), 30522)
         else:
             from mmdemo.generators.latent_diffusion import (
-                LatentDiffusionConfig as Config,
-            )
-            from mmdemo.generators.latent_diffusion import (
                 LatentDiffusionGenerator as Generator,
             )
-            from mmdemo.generators.latent_diffusion import (
+            from mmdemo.models.diffusion.latent import (
+                LatentDiffusionConfig as Config,
+            )
+            from mmdemo.models.diffusion.latent import (
                 LatentDiffusionModel as Model,
             )
 

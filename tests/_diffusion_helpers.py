@@ -28,7 +28,7 @@ def untrained_pixel_checkpoint(folder: Path, text_dir: Path, *, fp16: bool = Fal
     """A demo-layout pixel-diffusion folder with random UNet weights (enough for API/determinism tests)."""
     import torch
 
-    from mmdemo.generators.pixel_diffusion import PixelDiffusionModel
+    from mmdemo.models.diffusion.pixel import PixelDiffusionModel
     from mmdemo.models.diffusion.text import load_text_encoder, load_tokenizer
 
     script = load_script("train_pixel_diffusion")
@@ -45,7 +45,7 @@ def untrained_pixel_checkpoint(folder: Path, text_dir: Path, *, fp16: bool = Fal
 def untrained_latent_checkpoint(folder: Path, text_dir: Path, vq_dir: Path) -> Path:
     import torch
 
-    from mmdemo.generators.latent_diffusion import LatentDiffusionModel
+    from mmdemo.models.diffusion.latent import LatentDiffusionModel
     from mmdemo.models.diffusion.text import load_text_encoder, load_tokenizer
 
     script = load_script("train_latent_diffusion")
@@ -65,7 +65,7 @@ def untrained_vqvae(folder: Path) -> Path:
 
     import torch
 
-    from mmdemo.generators.latent_diffusion import LatentDiffusionConfig, build_vqvae
+    from mmdemo.models.diffusion.latent import LatentDiffusionConfig, build_vqvae
     from mmdemo.models.diffusion.training import json_ready, save_weights
     from mmdemo.registry import get_spec
 

@@ -55,8 +55,8 @@ SCHEDULERS = _schedulers()
 
 
 def test_the_pixel_model_configs_match_the_ones_tested_here():
-    from mmdemo.generators.latent_diffusion import LatentDiffusionConfig
-    from mmdemo.generators.pixel_diffusion import PixelDiffusionConfig
+    from mmdemo.models.diffusion.latent import LatentDiffusionConfig
+    from mmdemo.models.diffusion.pixel import PixelDiffusionConfig
 
     for tested, real in ((PIXEL, PixelDiffusionConfig()), (LATENT, LatentDiffusionConfig())):
         assert sampling.schedule_kwargs(tested) == sampling.schedule_kwargs(real)

@@ -36,13 +36,13 @@ from pathlib import Path
 
 import torch
 
-from mmdemo.generators.latent_diffusion import (
+from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
+from mmdemo.models.diffusion.latent import (
     MODEL_FILE,
     LatentDiffusionConfig,
     LatentDiffusionModel,
     sample_latent_images,
 )
-from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
 from mmdemo.models.diffusion.sampling import training_scheduler
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
 from mmdemo.models.diffusion.training import (

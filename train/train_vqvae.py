@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdemo.generators.latent_diffusion import ARCHITECTURES, LatentDiffusionConfig, build_vqvae
+from mmdemo.models.diffusion.latent import ARCHITECTURES, LatentDiffusionConfig, build_vqvae
 from mmdemo.models.diffusion.patchgan import (
     PatchDiscriminator,
     codebook_usage,

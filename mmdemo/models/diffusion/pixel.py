@@ -1,0 +1,217 @@
+"""Our pixel-space diffusion model ("our diffusion" in the report): config, network, checkpoint reader, sampler.
+
+The network: a diffusers ``UNet2DConditionModel`` on 128x128 RGB pixels (the report trained and sampled at
+128 px; the ``sample_size=64`` in its UNet listing is metadata only) with the report's exact configuration
+(blocks 64/128/256/256, two layers each, cross-attention in the two high-resolution
+blocks, cross-attention width 512), conditioned on a frozen ``bert-base-uncased`` through a trainable
+Linear(768, 512) -> GELU -> LayerNorm projection; DDPM with 1000 linear-beta steps and epsilon prediction.
+
+Checkpoint layout (``config.json`` is :class:`PixelDiffusionConfig` as JSON)::
+
+    <folder>/config.json
+    <folder>/model.safetensors          the trainable part: ``text_proj.*`` and ``unet.*``
+    <folder>/text_encoder/              demo only: the tiny frozen BERT (``from_pretrained`` layout)
+    <folder>/tokenizer/                 demo only: its tokenizer
+
+With the full profile the text encoder and tokenizer come from the ``bert-base-uncased`` snapshot instead.
+The registry adapter is :mod:`mmdemo.generators.pixel_diffusion`; training is ``train/train_pixel_diffusion.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from mmdemo.interfaces import ProgressCallback
+from mmdemo.models.diffusion.sampling import (
+    guided_sample,
+    make_scheduler,
+    to_pil,
+)
+from mmdemo.models.diffusion.text import (
+    build_text_encoder,
+    encode_text,
+    load_text_encoder,
+)
+
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class PixelDiffusionConfig:
+    """Architecture and noise schedule of the pixel diffusion model (defaults: the report's full size).
+
+    Args:
+        sample_size: image side in pixels the UNet is trained at.
+        block_out_channels / layers_per_block / down_block_types / up_block_types: the diffusers UNet.
+        cross_attention_dim: width of the projected text states the UNet attends to.
+        attention_head_dim: diffusers' (historically misnamed) number of attention heads.
+        norm_num_groups: GroupNorm groups in the UNet (must divide every block width).
+        text_encoder: Hub id of the frozen encoder, or the name of a tiny one trained on Shapes.
+        text_encoder_config: ``BertConfig`` kwargs of a tiny encoder; None for the Hub model's own config.
+        text_max_length: tokens per prompt (padded or truncated).
+        cross_attention_mask: hide the padding positions of the prompt from cross-attention. The report's UNet
+            attends to all ``text_max_length`` states, padding included (False); our demo masks them (True).
+        num_train_timesteps / beta_schedule / beta_start / beta_end / prediction_type: the DDPM schedule.
+    """
+
+    sample_size: int = 128  # report: trained and sampled at 128x128
+    in_channels: int = 3
+    block_out_channels: tuple[int, ...] = (64, 128, 256, 256)
+    layers_per_block: int = 2
+    down_block_types: tuple[str, ...] = (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+        "DownBlock2D",
+    )
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    cross_attention_dim: int = 512  # report: BERT 768 -> 512 projection
+    attention_head_dim: int = 8  # diffusers default
+    norm_num_groups: int = 32
+    text_encoder: str = "google-bert/bert-base-uncased"
+    text_encoder_config: dict[str, Any] | None = None
+    text_max_length: int = 24  # report: text max length 24
+    cross_attention_mask: bool = False  # report: no mask on the padded prompt
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"  # report: linear betas, epsilon prediction
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        self.down_block_types = tuple(self.down_block_types)
+        self.up_block_types = tuple(self.up_block_types)
+        if not len(self.block_out_channels) == len(self.down_block_types) == len(self.up_block_types):
+            raise ValueError(
+                "block_out_channels, down_block_types and up_block_types must have the same length"
+            )
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(
+                f"norm_num_groups {self.norm_num_groups} must divide every block width {self.block_out_channels}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PixelDiffusionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown PixelDiffusionConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PixelDenoiser(nn.Module):
+    """The trainable part: text projection + UNet. (The unit ``accelerate`` wraps for DDP.)"""
+
+    def __init__(self, config: PixelDiffusionConfig, text_hidden: int):
+        super().__init__()
+        from diffusers import UNet2DConditionModel
+
+        dim = config.cross_attention_dim
+        self.use_mask = config.cross_attention_mask
+        self.text_proj = nn.Sequential(nn.Linear(text_hidden, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.unet = UNet2DConditionModel(
+            sample_size=config.sample_size,
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            layers_per_block=config.layers_per_block,
+            block_out_channels=config.block_out_channels,
+            down_block_types=config.down_block_types,
+            up_block_types=config.up_block_types,
+            cross_attention_dim=dim,
+            attention_head_dim=config.attention_head_dim,
+            norm_num_groups=config.norm_num_groups,
+        )
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_hidden: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        states = self.text_proj(text_hidden)  # (B, L, cross_attention_dim)
+        return self.unet(
+            sample,
+            timesteps,
+            encoder_hidden_states=states,
+            encoder_attention_mask=text_mask if self.use_mask else None,
+        ).sample
+
+
+class PixelDiffusionModel(nn.Module):
+    """Frozen BERT + :class:`PixelDenoiser`."""
+
+    def __init__(self, config: PixelDiffusionConfig, text_encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.text_encoder = (
+            text_encoder
+            if text_encoder is not None
+            else build_text_encoder("bert", config.text_encoder_config)
+        )
+        self.denoiser = PixelDenoiser(config, int(self.text_encoder.config.hidden_size))
+
+
+def load_pixel_model(own: Path, text_dir: Path) -> PixelDiffusionModel:
+    """The model in checkpoint folder ``own`` with the frozen text encoder in ``text_dir``, read strictly."""
+    from mmdemo.weights import load_state_dict, read_config
+
+    values = read_config(own)
+    # Checkpoints written before the field existed were all trained with the padding masked.
+    values.setdefault("cross_attention_mask", True)
+    config = PixelDiffusionConfig.from_dict(values)
+    model = PixelDiffusionModel(config, load_text_encoder("bert", text_dir))
+    state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
+    model.denoiser.load_state_dict(state, strict=True)
+    return model
+
+
+class Sampled(NamedTuple):
+    images: list[Any]
+    truncated: list[bool]
+
+
+@torch.no_grad()
+def sample_pixels(
+    model: PixelDiffusionModel,
+    tokenizer: Any,
+    prompts: list[str],
+    negative_prompt: str = "",
+    *,
+    seed: int,
+    steps: int,
+    guidance: float,
+    preset: str,
+    progress: ProgressCallback | None = None,
+    model_name: str = "pixel-diffusion",
+) -> Sampled:
+    """Images for ``prompts`` (one batch, one generator seeded with ``seed``). Used by the adapter and training.
+
+    Raises :class:`~mmdemo.models.guards.NonFiniteOutput` rather than return a picture made from NaN.
+    """
+    config = model.config
+    device = next(model.denoiser.parameters()).device
+    cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
+    uncond = encode_text(
+        tokenizer, model.text_encoder, [negative_prompt] * len(prompts), config.text_max_length, device
+    )
+    denoiser = model.denoiser
+    scheduler = make_scheduler(preset, config, clip_sample=True)
+    shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
+    generator = torch.Generator().manual_seed(int(seed))
+    sample = guided_sample(
+        lambda x, t, states, mask: denoiser(x, t, states, mask),
+        scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
+        cond_mask=cond.attention_mask, uncond_mask=uncond.attention_mask, progress=progress,
+        model_name=model_name,
+    )  # fmt: skip
+    return Sampled(to_pil(sample), cond.truncated)
