@@ -12,8 +12,9 @@ from _diffusion_helpers import (  # noqa: F401 - fixture
 )
 
 import mmdemo
-from mmdemo.generators.latent_diffusion import LatentDiffusionConfig, LatentDiffusionGenerator
+from mmdemo.generators.latent_diffusion import LatentDiffusionGenerator
 from mmdemo.inputs import InputError
+from mmdemo.models.diffusion.latent import LatentDiffusionConfig
 from mmdemo.params import count_parameters
 from mmdemo.registry import get_spec
 
@@ -145,10 +146,10 @@ def test_full_profile_reads_clip_snapshot_and_our_weights(generator, tmp_path, m
     shutil.copytree(built / "text_encoder", clip_dir)
     for item in (built / "tokenizer").iterdir():
         shutil.copy(item, clip_dir / item.name)
-    (tmp_path / "latent-diffusion").mkdir()
     for name in ("vocab.json", "special_tokens_map.json"):  # files the real repo has, which the resolver checks;
         (clip_dir / name).write_text("{}")  # our tiny fast tokenizer reads tokenizer.json
     (clip_dir / "merges.txt").write_text("#version: 0.2\n")
+    (tmp_path / "latent-diffusion").mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(built / name, tmp_path / "latent-diffusion" / name)
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))

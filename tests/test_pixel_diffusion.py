@@ -14,8 +14,9 @@ from _diffusion_helpers import (  # noqa: F401 - fixture
 )
 
 import mmdemo
-from mmdemo.generators.pixel_diffusion import PixelDiffusionConfig, PixelDiffusionGenerator
+from mmdemo.generators.pixel_diffusion import PixelDiffusionGenerator
 from mmdemo.inputs import InputError
+from mmdemo.models.diffusion.pixel import PixelDiffusionConfig
 from mmdemo.params import count_parameters
 from mmdemo.registry import get_spec
 
@@ -177,8 +178,8 @@ def test_full_profile_reads_bert_snapshot_and_our_weights(diffusion_assets, tmp_
     shutil.copytree(built / "text_encoder", bert_dir)
     for item in (built / "tokenizer").iterdir():
         shutil.copy(item, bert_dir / item.name)
-    (tmp_path / "pixel-diffusion").mkdir()
     (bert_dir / "vocab.txt").write_text("[PAD]\n")  # the real repo has it; our fast tokenizer reads tokenizer.json
+    (tmp_path / "pixel-diffusion").mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(built / name, tmp_path / "pixel-diffusion" / name)
     monkeypatch.setenv("MMDEMO_CHECKPOINTS", str(tmp_path))
