@@ -16,7 +16,7 @@ from PIL import Image
 from mmdemo.arena.battles import Arena, ArenaConfig, ArenaError, random_prompt
 from mmdemo.arena.export import write_votes
 from mmdemo.ui.components import RawImageInput
-from mmdemo.ui.handlers import AppContext, alignment_scorer
+from mmdemo.ui.handlers import AppContext, alignment_scorer, on_gpu
 
 log = logging.getLogger(__name__)
 VOTE_BUTTONS = (
@@ -25,6 +25,8 @@ VOTE_BUTTONS = (
     ("🤝 Tie", "tie"),
     ("👎 Both bad", "both bad"),
 )
+GPU_SECONDS_GENERATE_BATTLE = 120  # two generators at the fast preset, SDXL or Infinity included
+GPU_SECONDS_CAPTION_BATTLE = 40
 TASK_CHOICES = [("Text → Image", "generate"), ("Image → Text", "caption")]
 LEADERBOARD_COLUMNS = [
     "rank",
@@ -72,6 +74,9 @@ class ArenaHandlers:
 
     def __init__(self, arena: Arena | None, reason: str | None):
         self.arena, self.reason = arena, reason
+        # On a ZeroGPU Space a battle asks for a GPU window (two models, one input); unchanged elsewhere.
+        self.arena_generate = on_gpu(GPU_SECONDS_GENERATE_BATTLE)(self.arena_generate)
+        self.arena_caption = on_gpu(GPU_SECONDS_CAPTION_BATTLE)(self.arena_caption)
 
     def need(self) -> Arena:
         if self.arena is None:
@@ -154,7 +159,14 @@ class ArenaHandlers:
 
 
 def _battle_block(
-    handlers: ArenaHandlers, run, start: gr.Button, inputs: list, sides: list, concurrency: int, group: str
+    handlers: ArenaHandlers,
+    run,
+    api_name: str,
+    start: gr.Button,
+    inputs: list,
+    sides: list,
+    concurrency: int,
+    group: str,
 ):
     """Vote buttons, status and reveal under a battle's two outputs; the start and vote events."""
     status = gr.Markdown()
@@ -164,7 +176,7 @@ def _battle_block(
     battle_id = gr.Textbox(label="Battle id", interactive=False, max_lines=1)
     page = [status, reveal, *buttons]
     start.click(handlers.reset, outputs=page, queue=False, api_visibility="private").then(
-        run, inputs=inputs, outputs=[*sides, battle_id], api_name=run.__name__, concurrency_id=group,
+        run, inputs=inputs, outputs=[*sides, battle_id], api_name=api_name, concurrency_id=group,
         concurrency_limit=concurrency,
     ).then(handlers.after_battle, inputs=battle_id, outputs=page, api_visibility="private")  # fmt: skip
     for button, (_, choice) in zip(buttons, VOTE_BUTTONS):
@@ -209,7 +221,16 @@ def create_arena_tab(ctx: AppContext, handlers: ArenaHandlers, concurrency: int,
                     )  # fmt: skip
                     for s in ("A", "B")
                 ]
-            _battle_block(handlers, handlers.arena_generate, start, [prompt, seed], sides, concurrency, group)
+            _battle_block(
+                handlers,
+                handlers.arena_generate,
+                "arena_generate",
+                start,
+                [prompt, seed],
+                sides,
+                concurrency,
+                group,
+            )
             dice.click(lambda: random_prompt(profile), outputs=prompt, queue=False, api_visibility="private")
         with gr.Tab("Image → Text", id="arena-caption"):
             with gr.Row():
@@ -228,7 +249,14 @@ def create_arena_tab(ctx: AppContext, handlers: ArenaHandlers, concurrency: int,
                         gr.Textbox(label=f"Model {s}", lines=2, interactive=False) for s in ("A", "B")
                     ]
             _battle_block(
-                handlers, handlers.arena_caption, start_caption, [image], captions, concurrency, group
+                handlers,
+                handlers.arena_caption,
+                "arena_caption",
+                start_caption,
+                [image],
+                captions,
+                concurrency,
+                group,
             )
     gr.api(handlers.vote, api_name="vote", concurrency_limit=None)  # a vote is one short insert
 
