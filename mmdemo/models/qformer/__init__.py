@@ -2,5 +2,5 @@
 
 The registry's ``config`` for ``qformer-bert`` / ``qformer-tinyllama`` are keyword arguments of
 :class:`~mmdemo.models.qformer.network.QFormerBertConfig` / ``QFormerLlamaConfig``; decoding is the networks'
-``caption`` method; the adapters are :mod:`mmdemo.captioners.qformer`.
+``generate`` method; the adapters are :mod:`mmdemo.captioners.qformer`.
 """
