@@ -24,7 +24,7 @@ The registry adapter is :mod:`mmdemo.generators.latent_diffusion`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,9 @@ import torch
 from torch import nn
 
 from mmdemo.interfaces import ProgressCallback
-from mmdemo.models.diffusion.sampling import (
-    guided_sample,
-    make_scheduler,
-    to_pil,
-)
-from mmdemo.models.diffusion.text import (
-    build_text_encoder,
-    encode_text,
-    load_text_encoder,
-)
+from mmdemo.models.config import DictConfig
+from mmdemo.models.diffusion.sampling import guided_sample, make_scheduler, to_pil
+from mmdemo.models.diffusion.text import build_text_encoder, encode_text, load_text_encoder
 from mmdemo.models.guards import check_finite
 
 MODEL_FILE = "model.safetensors"
@@ -49,7 +42,7 @@ ARCHITECTURES = ("report", "diffusers")
 
 
 @dataclass
-class LatentDiffusionConfig:
+class LatentDiffusionConfig(DictConfig):
     """Architecture and schedule of the latent diffusion model (defaults: the report's full size).
 
     Args:
@@ -120,17 +113,6 @@ class LatentDiffusionConfig:
     @property
     def latent_size(self) -> int:
         return self.image_size // self.downsample
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> LatentDiffusionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown LatentDiffusionConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def build_vqvae(config: LatentDiffusionConfig) -> nn.Module:

@@ -19,7 +19,7 @@ The registry adapter is :mod:`mmdemo.generators.pixel_diffusion`; training is ``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,22 +27,15 @@ import torch
 from torch import nn
 
 from mmdemo.interfaces import ProgressCallback
-from mmdemo.models.diffusion.sampling import (
-    guided_sample,
-    make_scheduler,
-    to_pil,
-)
-from mmdemo.models.diffusion.text import (
-    build_text_encoder,
-    encode_text,
-    load_text_encoder,
-)
+from mmdemo.models.config import DictConfig
+from mmdemo.models.diffusion.sampling import guided_sample, make_scheduler, to_pil
+from mmdemo.models.diffusion.text import build_text_encoder, encode_text, load_text_encoder
 
 MODEL_FILE = "model.safetensors"
 
 
 @dataclass
-class PixelDiffusionConfig:
+class PixelDiffusionConfig(DictConfig):
     """Architecture and noise schedule of the pixel diffusion model (defaults: the report's full size).
 
     Args:
@@ -95,17 +88,6 @@ class PixelDiffusionConfig:
             raise ValueError(
                 f"norm_num_groups {self.norm_num_groups} must divide every block width {self.block_out_channels}"
             )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PixelDiffusionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown PixelDiffusionConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class PixelDenoiser(nn.Module):

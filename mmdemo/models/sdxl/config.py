@@ -6,8 +6,10 @@ demo size (:mod:`mmdemo.models.sdxl.tiny` builds and saves that pipeline).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from mmdemo.models.config import DictConfig
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' standard LoRA file name
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")  # the UNet attention projections (report)
@@ -20,7 +22,7 @@ PIPELINE_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 @dataclass
-class SDXLConfig:
+class SDXLConfig(DictConfig):
     """What the registry says about an SDXL model (``full_config`` / ``tiny_config`` are its kwargs).
 
     Args:
@@ -37,14 +39,6 @@ class SDXLConfig:
     lora_rank: int | None = None
     lora_adapter: str = DEFAULT_ADAPTER_NAME
     vae_fp16_fix: str | None = FP16_FIX_VAE_REPO
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> SDXLConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown SDXL config keys {unknown}; known: {sorted(known)}")
-        return cls(**config)
 
 
 # ---------------------------------------------------------------------------------------------- network configs
