@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdemo.models.qformer.network import VISION_PRESETS, _pil_to_tensor, vision_config
+from mmdemo.training.checkpoints import resume_state
+from mmdemo.training.checkpoints import save_state as save_rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
 
-STATE_DIR = "state"
-TRAIN_STATE = "train_state.json"
 NONE = "<none>"
 
 
@@ -127,20 +127,10 @@ def main(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.01)
     probe, optimizer = accelerator.prepare(probe, optimizer)
     state = {"global_step": 0, "history": []}
-    state_dir = args.out / STATE_DIR
-    if args.resume_from_checkpoint:
-        resume = state_dir if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if (resume / TRAIN_STATE).is_file():
-            accelerator.load_state(str(resume))
-            state = json.loads((resume / TRAIN_STATE).read_text())
-        elif args.resume_from_checkpoint != "latest":
-            raise ValueError(f"no checkpoint in {resume}")
+    state = resume_state(accelerator, args.out, args.resume_from_checkpoint, state)
 
     def save_state() -> None:
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            (state_dir / TRAIN_STATE).write_text(json.dumps(state))
+        save_rolling_state(accelerator, args.out, state)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     train_rows = torch.arange(n_held, len(names))

@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 
 from mmdemo.models.qformer.network import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config
+from mmdemo.training.checkpoints import resume_state
+from mmdemo.training.checkpoints import save_state as save_rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
-
-STATE_DIR = "state"
-TRAIN_STATE = "train_state.json"
 
 
 def training_captions(data: Path) -> list[list[str]]:
@@ -147,21 +146,10 @@ def main(args: argparse.Namespace) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     state = {"global_step": 0, "history": []}
-    state_dir = args.out / STATE_DIR
-    if args.resume_from_checkpoint:
-        resume = state_dir if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if (resume / TRAIN_STATE).is_file():
-            accelerator.load_state(str(resume))
-            state = json.loads((resume / TRAIN_STATE).read_text())
-            accelerator.print(f"resumed from {resume} at step {state['global_step']}")
-        elif args.resume_from_checkpoint != "latest":
-            raise ValueError(f"no checkpoint in {resume}")
+    state = resume_state(accelerator, args.out, args.resume_from_checkpoint, state)
 
     def save_state() -> None:
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            (state_dir / TRAIN_STATE).write_text(json.dumps(state))
+        save_rolling_state(accelerator, args.out, state)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = max(1, len(captions) // args.batch_size)

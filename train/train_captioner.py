@@ -41,10 +41,10 @@ import torch
 
 from mmdemo.captioners.base import CaptionNetwork, Features, features_cat, features_index, features_to
 from mmdemo.recipes import CAPTIONER, add_recipe_argument, apply_recipe
+from mmdemo.training.checkpoints import resume_state
+from mmdemo.training.checkpoints import save_state as save_rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
 
-STATE_DIR = "state"
-TRAIN_STATE = "train_state.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -390,23 +390,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "val_history": [],
         "epochs_done": 0,
     }
-    state_dir = args.out / STATE_DIR
-    if args.resume_from_checkpoint:
-        resume = state_dir if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-        if (resume / TRAIN_STATE).is_file():
-            accelerator.load_state(str(resume))
-            state = json.loads((resume / TRAIN_STATE).read_text())
-            accelerator.print(f"resumed from {resume} at step {state['global_step']}")
-        elif args.resume_from_checkpoint != "latest":
-            raise ValueError(f"no checkpoint in {resume} (expected {TRAIN_STATE})")
-        else:
-            accelerator.print(f"no checkpoint in {resume}; starting from scratch")
+    state = resume_state(accelerator, args.out, args.resume_from_checkpoint, state)
 
     def save_state() -> None:
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(state_dir))
-        if accelerator.is_main_process:
-            (state_dir / TRAIN_STATE).write_text(json.dumps(state))
+        save_rolling_state(accelerator, args.out, state)
 
     def validation_loss() -> float:
         model.eval()

@@ -79,3 +79,35 @@ def save_checkpoint(accelerator: Any, output_dir: Path, done: int, history: list
     if accelerator.is_main_process:
         save_history(folder, history)
         prune_checkpoints(output_dir, keep)
+
+
+# One rolling ``<out>/state/`` folder (the captioner and the tiny pretraining scripts): the accelerate state and
+# a JSON of the loop's own counters, overwritten at each save.
+STATE_DIR = "state"
+TRAIN_STATE = "train_state.json"
+
+
+def resume_state(accelerator: Any, out: Path, resume_from: str | None, state: dict) -> dict:
+    """``state`` as saved in ``<out>/state/`` ('latest') or in the folder ``resume_from``, loaded into
+    ``accelerator``; ``state`` itself when there is nothing to resume. A named folder without a saved state is
+    an error; 'latest' without one starts from scratch."""
+    if not resume_from:
+        return state
+    folder = out / STATE_DIR if resume_from == "latest" else Path(resume_from)
+    if (folder / TRAIN_STATE).is_file():
+        accelerator.load_state(str(folder))
+        loaded = json.loads((folder / TRAIN_STATE).read_text())
+        accelerator.print(f"resumed from {folder} at step {loaded['global_step']}")
+        return loaded
+    if resume_from != "latest":
+        raise ValueError(f"no checkpoint in {folder} (expected {TRAIN_STATE})")
+    accelerator.print(f"no checkpoint in {folder}; starting from scratch")
+    return state
+
+
+def save_state(accelerator: Any, out: Path, state: dict) -> None:
+    """Overwrite ``<out>/state/`` with the accelerate state and ``state`` (every process must call it)."""
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(out / STATE_DIR))
+    if accelerator.is_main_process:
+        (out / STATE_DIR / TRAIN_STATE).write_text(json.dumps(state))
