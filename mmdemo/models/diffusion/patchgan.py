@@ -3,7 +3,7 @@
 * :class:`PatchDiscriminator`: the pix2pix / taming-transformers "NLayer" PatchGAN (Isola et al., 2017):
   stride-2 4x4 convolutions with BatchNorm and LeakyReLU, one logit per overlapping patch;
   :func:`report_discriminator` is the report's shallower variant of it.
-* :func:`hinge_d_loss` / :func:`lsgan_d_loss` / :func:`generator_adversarial_loss`: the two GAN objectives.
+* :func:`hinge_d_loss` / :func:`lsgan_loss` / :func:`generator_adversarial_loss`: the two GAN objectives.
 * :func:`quantize`: nearest-codebook lookup done here (not inside ``VQModel``) so the commitment weight is ours
   (the report: 0.2; diffusers' quantiser hard-codes 0.25) and the code indices are at hand for usage stats.
 * :func:`perceptual_loss_or_none`: LPIPS when the ``lpips`` package *and* its VGG weights are available,
@@ -87,11 +87,6 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 def lsgan_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Least squares towards ``target`` (1: real, 0: fake): mean (D(x) - target)^2."""
     return F.mse_loss(logits, torch.full_like(logits, target))
-
-
-def lsgan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Least-squares GAN discriminator loss: the mean of (D(real) - 1)^2 and D(fake)^2."""
-    return 0.5 * (lsgan_loss(real_logits, 1.0) + lsgan_loss(fake_logits, 0.0))
 
 
 def generator_adversarial_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:

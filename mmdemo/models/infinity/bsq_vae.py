@@ -211,10 +211,6 @@ class BSQ(nn.Module):
         self.dim = dim
         self.register_buffer("mask", 2 ** torch.arange(dim - 1, -1, -1))
 
-    def bits_to_codes(self, bits: torch.Tensor) -> torch.Tensor:
-        """(..., d) bits in {0, 1} -> (..., d) codes in {-1, 1} / sqrt(d)."""
-        return (bits.float() * 2 - 1) / math.sqrt(self.dim)
-
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, d, h, w) -> quantised (B, d, h, w) with straight-through gradients, bits (B, h, w, d)."""
         z = F.normalize(z.float(), dim=1)

@@ -185,11 +185,6 @@ class _QFormerConfig:
                 "num_query_tokens, qformer_layers and cross_attention_frequency must be at least 1"
             )
 
-    @property
-    def official_vision(self) -> bool:
-        """True when the ViT comes from the public BLIP-2 checkpoint rather than from our demo training."""
-        return self.vision == "eva-vit-g-14"
-
 
 @dataclass
 class QFormerBertConfig(_QFormerConfig):
@@ -225,10 +220,6 @@ class QFormerLlamaConfig(_QFormerConfig):
         if LLM_PRESETS[self.llm]["hidden_size"] != self.llm_hidden:
             width = LLM_PRESETS[self.llm]["hidden_size"]
             raise ValueError(f"llm_hidden={self.llm_hidden} but {self.llm} has width {width}")
-
-    @property
-    def official_llm(self) -> bool:
-        return self.llm == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
 
 
 def vision_config(preset: str):
