@@ -107,7 +107,7 @@ def main(args: argparse.Namespace) -> dict:
 
     from mmdemo.data.flickr8k import captioning_split, load_flickr8k
     from mmdemo.data.shapes import load_scenes
-    from mmdemo.training import make_accelerator, set_threads, time_is_up
+    from mmdemo.training import finish_step, make_accelerator, set_threads
 
     set_threads()
     accelerator = make_accelerator()
@@ -156,14 +156,8 @@ def main(args: argparse.Namespace) -> dict:
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        mean = accelerator.reduce(loss.detach(), reduction="mean").item()
-        state["history"].append([step, mean])
-        state["global_step"] = step + 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{mean:.3f}")
-        if state["global_step"] % args.checkpointing_steps == 0:
-            save_state()
-        if time_is_up(accelerator, start, args.max_minutes):
+        if finish_step(accelerator, loss, state, step, progress, save=save_state,
+                       every=args.checkpointing_steps, started=start, max_minutes=args.max_minutes):  # fmt: skip
             break
     progress.close()
     save_state()

@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
-    from mmdemo.training import make_accelerator, set_threads, time_is_up
+    from mmdemo.training import finish_step, make_accelerator, set_threads
 
     set_threads()
     accelerator = make_accelerator(mixed_precision=args.mixed_precision)
@@ -185,14 +185,8 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        mean = accelerator.reduce(loss.detach(), reduction="mean").item()
-        state["history"].append([step, mean])
-        state["global_step"] = step + 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{mean:.3f}")
-        if state["global_step"] % args.checkpointing_steps == 0:
-            save_state()
-        if time_is_up(accelerator, start, args.max_minutes):
+        if finish_step(accelerator, loss, state, step, progress, save=save_state,
+                       every=args.checkpointing_steps, started=start, max_minutes=args.max_minutes):  # fmt: skip
             break
     progress.close()
     save_state()

@@ -35,3 +35,28 @@ def time_is_up(accelerator: Any, started: float, max_minutes: float | None) -> b
     """
     late = max_minutes is not None and time.time() - started > 60 * max_minutes
     return bool(accelerator.gather(torch.tensor([float(late)], device=accelerator.device)).max() > 0)
+
+
+def finish_step(
+    accelerator: Any,
+    loss: torch.Tensor,
+    state: dict,
+    step: int,
+    progress: Any,
+    *,
+    save: Any,
+    every: int,
+    started: float,
+    max_minutes: float | None,
+) -> bool:
+    """After ``step``'s update, for loops that keep ``state = {"global_step", "history"}``: record the loss
+    averaged over processes, advance the progress bar, call ``save()`` every ``every`` steps; True when the
+    time budget is spent (every process stops at the same step)."""
+    mean = accelerator.reduce(loss.detach(), reduction="mean").item()
+    state["history"].append([step, mean])
+    state["global_step"] = step + 1
+    progress.update(1)
+    progress.set_postfix(loss=f"{mean:.3f}")
+    if state["global_step"] % every == 0:
+        save()
+    return time_is_up(accelerator, started, max_minutes)
