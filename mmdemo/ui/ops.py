@@ -95,7 +95,9 @@ def create_live_stats(ctx: AppContext) -> None:
         "1000 successful runs; *recovered* runs succeeded on the retry after an out-of-memory error. "
         "The same numbers as JSON: the `stats` API endpoint."
     )
-    table = gr.Dataframe(headers=STATS_HEADERS, value=lambda: stats_rows(ctx), interactive=False)
+    table = gr.Dataframe(
+        headers=STATS_HEADERS, value=lambda: stats_rows(ctx), interactive=False, elem_id="live-stats"
+    )
     timer = gr.Timer(STATS_REFRESH_SECONDS)
     timer.tick(
         lambda: stats_rows(ctx), outputs=table, queue=False, api_visibility="private", show_progress="hidden"
