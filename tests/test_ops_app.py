@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -57,14 +56,8 @@ def _loader(model_id, profile, device):
     return FAKES[model_id] if model_id in FAKES else _load_by_kind(model_id, profile, device)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, app_server):
     """The app with two out-of-memory fakes, a 4 s cache time and a 100 KB upload limit, in its own temp folder."""
     import app
     from mmdemo.ui.ops import launch_options
@@ -74,18 +67,10 @@ def server(tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by Gradio when components and the server are made
     settings = OpsSettings(cache_ttl=CACHE_TTL, max_file_size=f"{MAX_UPLOAD}b")
     demo = app.create_demo("demo", manager=ModelManager("demo", loader=_loader), settings=settings)
-    port = _free_port()
-    demo.launch(
-        server_name="127.0.0.1",
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(demo, settings),
-    )
     try:
-        yield f"http://127.0.0.1:{port}/", cache
+        with app_server(demo, **launch_options(demo, settings)) as url:
+            yield url, cache
     finally:
-        demo.close()
         if old is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
