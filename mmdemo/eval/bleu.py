@@ -495,11 +495,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also report sacrebleu's default 13a-tokenised BLEU (standard_bleu1..4, standard_signature)",
     )
     args = parser.parse_args(argv)
+    check_hyps_refs(args)
+    return args
+
+
+def check_hyps_refs(args: argparse.Namespace) -> None:
+    """``--hyps`` is a file and ``--refs`` a file or folder (the command-line tools here and in captions.py)."""
     if not args.hyps.is_file():
         raise ValueError(f"--hyps {args.hyps}: no such file")
     if not args.refs.exists():
         raise ValueError(f"--refs {args.refs}: no such file or folder")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -339,10 +339,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.metrics = parse_metrics(args.metrics)
     if args.resamples < 0:
         raise ValueError(f"--resamples must be >= 0, got {args.resamples}")
-    if not args.hyps.is_file():
-        raise ValueError(f"--hyps {args.hyps}: no such file")
-    if not args.refs.exists():
-        raise ValueError(f"--refs {args.refs}: no such file or folder")
+    bleu.check_hyps_refs(args)
     return args
 
 
