@@ -51,14 +51,13 @@ from mmdemo.models.diffusion.training import (
     check_denoiser_arguments,
     json_ready,
     load_captioned_images,
-    make_accelerator,
     sample_prompts,
     save_weights,
+    start_run,
     train_denoiser,
 )
 from mmdemo.recipes import LATENT_DIFFUSION, apply_recipe
 from mmdemo.registry import get_spec
-from mmdemo.training import set_threads
 
 logger = logging.getLogger(__name__)
 VQVAE_FILE = "vqvae.safetensors"
@@ -173,9 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     from mmdemo.weights import load_state_dict
 
-    set_threads()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    accelerator = make_accelerator(args.mixed_precision, args.output_dir)
+    accelerator = start_run(args.mixed_precision, args.output_dir)
     device = accelerator.device
     args.output_dir.mkdir(parents=True, exist_ok=True)
     text_encoder = load_text_encoder("clip", args.text_encoder)

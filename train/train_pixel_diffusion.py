@@ -56,14 +56,13 @@ from mmdemo.models.diffusion.training import (
     check_denoiser_arguments,
     json_ready,
     load_captioned_images,
-    make_accelerator,
     sample_prompts,
     save_weights,
+    start_run,
     train_denoiser,
 )
 from mmdemo.recipes import PIXEL_DIFFUSION, apply_recipe
 from mmdemo.registry import get_spec
-from mmdemo.training import set_threads
 
 logger = logging.getLogger(__name__)
 TEXT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -131,9 +130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    set_threads()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    accelerator = make_accelerator(args.mixed_precision, args.output_dir)
+    accelerator = start_run(args.mixed_precision, args.output_dir)
     device = accelerator.device
     text_encoder = load_text_encoder("bert", args.text_encoder)
     config = build_config(args, text_encoder)

@@ -55,19 +55,19 @@ from mmdemo.models.diffusion.training import (
     batch_rows,
     json_ready,
     load_captioned_images,
-    make_accelerator,
     maybe_no_sync,
     plot_curves,
     process_record,
     random_hflip,
     save_grid,
     save_weights,
+    start_run,
     step_generator,
     write_run_record,
 )
 from mmdemo.recipes import VQVAE, add_recipe_argument, apply_recipe, steps_for_epochs
 from mmdemo.registry import get_spec
-from mmdemo.training import set_threads, time_is_up
+from mmdemo.training import time_is_up
 from mmdemo.training.checkpoints import resume_point, save_checkpoint, save_history
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
-    set_threads()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    accelerator = make_accelerator(args.mixed_precision, args.output_dir)
+    accelerator = start_run(args.mixed_precision, args.output_dir)
     device = accelerator.device
     config = build_config(args)
     torch.manual_seed(args.seed)

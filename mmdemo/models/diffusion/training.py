@@ -271,6 +271,15 @@ def make_accelerator(mixed_precision: str, output_dir: Path) -> Any:
     return training.make_accelerator(mixed_precision=mixed_precision, project_dir=str(output_dir))
 
 
+def start_run(mixed_precision: str, output_dir: Path) -> Any:
+    """What each training script here does first: honour the thread setting, log plain lines, its accelerator."""
+    from mmdemo.training import set_threads
+
+    set_threads()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return make_accelerator(mixed_precision, output_dir)
+
+
 def process_record(accelerator: Any) -> dict[str, Any]:
     """How many processes trained, and how they were joined, for a run's summary (``training_args.json``)."""
     return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type)}
