@@ -39,18 +39,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def arena_app(tmp_path_factory):
+def arena_app(tmp_path_factory, app_server):
     import app
     from mmdemo.arena.battles import ArenaConfig
 
     data_dir = tmp_path_factory.mktemp("arena_app")
     demo = app.create_demo("demo", arena=ArenaConfig(data_dir=data_dir, models=GENERATORS + CAPTIONERS))
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", data_dir
-    finally:
-        demo.close()
+    with app_server(demo) as url:
+        yield url, data_dir
 
 
 def _client(url: str) -> Client:
@@ -244,3 +240,35 @@ def test_votes_survive_a_restart_and_a_sigkill_during_a_vote_flood(tmp_path):
             assert third.client.predict(open_battles[0], "tie", api_name="/vote")["choice"] == "tie"
     finally:
         third.stop()
+
+
+@pytest.mark.slow
+def test_the_app_on_postgresql_stores_one_vote_per_battle(postgres_url, tmp_path):
+    import app
+    from mmdemo.arena import db
+    from mmdemo.arena.battles import ArenaConfig
+
+    config = ArenaConfig(data_dir=tmp_path, db_url=postgres_url, models=CAPTIONERS)
+    demo = app.create_demo("demo", arena=config)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = _client(f"http://127.0.0.1:{port}/")
+        battle = client.predict(handle_file(str(EXAMPLE)), api_name="/arena_caption")[2]
+        with ThreadPoolExecutor(4) as pool:  # four sessions race for one battle
+            outcomes = list(
+                pool.map(lambda c: _try_vote(_client(client.src), battle, c), ["A", "B", "tie", "A"])
+            )
+        assert sum(o in db.CHOICES for o in outcomes) == 1, outcomes
+        rows = client.predict("caption", api_name="/leaderboard")
+        assert sum(r["battles"] for r in rows) == 2
+    finally:
+        demo.close()
+    assert not (tmp_path / "arena.sqlite3").exists()  # the votes went to PostgreSQL
+
+
+def _try_vote(client: Client, battle: str, choice: str) -> str:
+    try:
+        return client.predict(battle, choice, api_name="/vote")["choice"]
+    except Exception as err:  # noqa: BLE001 - the refusal's message is the outcome
+        return str(err)
