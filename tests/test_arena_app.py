@@ -243,17 +243,14 @@ def test_votes_survive_a_restart_and_a_sigkill_during_a_vote_flood(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_app_on_postgresql_stores_one_vote_per_battle(postgres_url, tmp_path):
+def test_the_app_on_postgresql_stores_one_vote_per_battle(postgres_url, tmp_path, app_server):
     import app
     from mmdemo.arena import db
     from mmdemo.arena.battles import ArenaConfig
 
     config = ArenaConfig(data_dir=tmp_path, db_url=postgres_url, models=CAPTIONERS)
-    demo = app.create_demo("demo", arena=config)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = _client(f"http://127.0.0.1:{port}/")
+    with app_server(app.create_demo("demo", arena=config)) as url:
+        client = _client(url)
         battle = client.predict(handle_file(str(EXAMPLE)), api_name="/arena_caption")[2]
         with ThreadPoolExecutor(4) as pool:  # four sessions race for one battle
             outcomes = list(
@@ -262,8 +259,6 @@ def test_the_app_on_postgresql_stores_one_vote_per_battle(postgres_url, tmp_path
         assert sum(o in db.CHOICES for o in outcomes) == 1, outcomes
         rows = client.predict("caption", api_name="/leaderboard")
         assert sum(r["battles"] for r in rows) == 2
-    finally:
-        demo.close()
     assert not (tmp_path / "arena.sqlite3").exists()  # the votes went to PostgreSQL
 
 
