@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 GENERATORS = ("pixel-diffusion", "latent-diffusion")  # the two fastest demo generators
 CAPTIONERS = ("resnet18-xattn", "clipb32-xattn")  # the two fastest demo captioners
 EXAMPLE = REPO / "assets" / "examples" / "Images" / "shapes_000000.png"
+pytestmark = pytest.mark.app
 ALL_NAMES = [m for m in REGISTRY] + [spec.display_name for spec in REGISTRY.values()]
 
 

@@ -43,6 +43,7 @@ def arena_url(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_play_one_arena_battle_in_a_real_browser(arena_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
