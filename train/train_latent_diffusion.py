@@ -37,14 +37,10 @@ from pathlib import Path
 import torch
 
 from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
-from mmdemo.models.diffusion.latent import (
-    MODEL_FILE,
-    LatentDiffusionConfig,
-    LatentDiffusionModel,
-    sample_latent_images,
-)
+from mmdemo.models.diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from mmdemo.models.diffusion.sampling import training_scheduler
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
+from mmdemo.models.diffusion.text_to_image import MODEL_FILE, sample_images
 from mmdemo.models.diffusion.training import (
     DenoiserTask,
     add_denoiser_arguments,
@@ -195,7 +191,7 @@ def main(args: argparse.Namespace) -> dict:
         return encode_text(tokenizer, text_encoder, captions, config.text_max_length, device)
 
     def sample(prompts: list[str]) -> list:
-        return sample_latent_images(model, tokenizer, prompts, seed=0, steps=args.sample_steps,
+        return sample_images(model, tokenizer, prompts, seed=0, steps=args.sample_steps,
                                     guidance=args.guidance, preset="fast")[0]  # fmt: skip
 
     task = DenoiserTask(

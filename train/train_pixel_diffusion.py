@@ -42,14 +42,10 @@ from pathlib import Path
 import torch
 
 from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
-from mmdemo.models.diffusion.pixel import (
-    MODEL_FILE,
-    PixelDiffusionConfig,
-    PixelDiffusionModel,
-    sample_pixels,
-)
+from mmdemo.models.diffusion.pixel import PixelDiffusionConfig, PixelDiffusionModel
 from mmdemo.models.diffusion.sampling import training_scheduler
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
+from mmdemo.models.diffusion.text_to_image import MODEL_FILE, sample_images
 from mmdemo.models.diffusion.training import (
     DenoiserTask,
     add_denoiser_arguments,
@@ -143,7 +139,7 @@ def main(args: argparse.Namespace) -> dict:
         return encode_text(tokenizer, text_encoder, captions, config.text_max_length, device)
 
     def sample(prompts: list[str]) -> list:
-        return sample_pixels(model, tokenizer, prompts, seed=0, steps=args.sample_steps, guidance=args.guidance,
+        return sample_images(model, tokenizer, prompts, seed=0, steps=args.sample_steps, guidance=args.guidance,
                              preset="fast").images  # fmt: skip
 
     task = DenoiserTask(

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from mmdemo.generators.text_diffusion import TextDiffusionGenerator
-from mmdemo.models.diffusion.latent import (
-    LatentDiffusionConfig,
-    LatentDiffusionModel,
-    load_latent_model,
-    sample_latent_images,
-)
+from mmdemo.models.diffusion.latent import LatentDiffusionModel
 
 
 class LatentDiffusionGenerator(TextDiffusionGenerator):
@@ -19,7 +14,4 @@ class LatentDiffusionGenerator(TextDiffusionGenerator):
         "convs, two 4-head mid attentions) + latent UNet 256/384/512/768, self+cross-attention in every layer, 16 "
         "heads, 118.5M + frozen CLIP ViT-B/16 text tower 63.2M"
     )
-    config_class = LatentDiffusionConfig
     model_class = LatentDiffusionModel
-    read_model = staticmethod(load_latent_model)
-    sampler = staticmethod(sample_latent_images)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from mmdemo.generators.text_diffusion import TextDiffusionGenerator
-from mmdemo.models.diffusion.pixel import (
-    PixelDiffusionConfig,
-    PixelDiffusionModel,
-    load_pixel_model,
-    sample_pixels,
-)
+from mmdemo.models.diffusion.pixel import PixelDiffusionModel
 
 
 class PixelDiffusionGenerator(TextDiffusionGenerator):
@@ -19,7 +14,4 @@ class PixelDiffusionGenerator(TextDiffusionGenerator):
         "bert-base-uncased (without its unused pooler) + trainable Linear(768,512)/GELU/LayerNorm; the report "
         "states no parameter count"
     )
-    config_class = PixelDiffusionConfig
     model_class = PixelDiffusionModel
-    read_model = staticmethod(load_pixel_model)
-    sampler = staticmethod(sample_pixels)

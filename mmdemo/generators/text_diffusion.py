@@ -3,14 +3,13 @@
 ``pixel-diffusion`` and ``latent-diffusion`` differ in their network and sampler only. Both keep a frozen
 text encoder + tokenizer (demo: inside the checkpoint folder; full: the third-party source first) next to
 their own weights, and sample a checked request the same way: one batch of one prompt, a notice when the
-prompt was cut. A subclass names its family's pieces (:mod:`mmdemo.models.diffusion.pixel` /
-:mod:`~mmdemo.models.diffusion.latent`): ``config_class`` and ``model_class`` (the parameter table's network),
-``read_model`` (read a checkpoint folder strictly) and ``sampler`` (images and truncation flags for prompts).
+prompt was cut. A subclass names its family's model class (a
+:class:`~mmdemo.models.diffusion.text_to_image.TextToImageModel`: :mod:`mmdemo.models.diffusion.pixel`,
+:mod:`~mmdemo.models.diffusion.latent`), which has its config class, reads its checkpoint and samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,6 +17,7 @@ import torch
 
 from mmdemo.interfaces import GenerationRequest, GenerationResult, Generator, ProgressCallback
 from mmdemo.models.diffusion.text import load_tokenizer, truncation_notice
+from mmdemo.models.diffusion.text_to_image import TextToImageModel, sample_images
 
 if TYPE_CHECKING:
     from mmdemo.registry import ModelSpec
@@ -28,11 +28,7 @@ TOKENIZER_DIR = "tokenizer"
 
 
 class TextDiffusionGenerator(Generator):
-    config_class: ClassVar[type]  # the family's config dataclass (``from_dict``)
-    model_class: ClassVar[type[torch.nn.Module]]  # built from a config, for the parameter table
-    read_model: ClassVar[Callable[[Path, Path], Any]]  # (own folder, text-encoder folder) -> model, strict
-    # (model, tokenizer, prompts, negative prompt, seed=..., steps=..., ...) -> (images, truncated flags)
-    sampler: ClassVar[Callable[..., tuple[list[Any], list[bool]]]]
+    model_class: ClassVar[type[TextToImageModel]]
 
     def __init__(self, spec: ModelSpec, weights: ResolvedWeights, model: Any, tokenizer: Any, device: str):
         self.spec = spec
@@ -61,20 +57,20 @@ class TextDiffusionGenerator(Generator):
         *,
         device: str,
     ) -> TextDiffusionGenerator:
-        model = cls.read_model(own, text_dir)
+        model = cls.model_class.read(own, text_dir)
         tokenizer = load_tokenizer(tokenizer_dir, model.config.text_max_length)
         return cls(spec, weights, model.to(device).eval(), tokenizer, device)
 
     @classmethod
     def build_network(cls, config: dict[str, Any], device: str = "meta") -> torch.nn.Module:
         with torch.device(device):
-            return cls.model_class(cls.config_class.from_dict(config))
+            return cls.model_class(cls.model_class.config_class.from_dict(config))
 
     def draw(
         self, request: GenerationRequest, progress: ProgressCallback | None
     ) -> tuple[list[Any], list[bool]]:
         """(images, whether each prompt was truncated) for ``request.prompt``."""
-        images, truncated = type(self).sampler(
+        images, truncated = sample_images(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
             steps=request["steps"], guidance=request["guidance"], preset=request.preset, progress=progress,
             model_name=self.spec.id,

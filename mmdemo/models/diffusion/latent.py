@@ -31,13 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmdemo.interfaces import ProgressCallback
 from mmdemo.models.config import DictConfig
-from mmdemo.models.diffusion.sampling import guided_sample, make_scheduler, to_pil
-from mmdemo.models.diffusion.text import build_text_encoder, encode_text, load_text_encoder
+from mmdemo.models.diffusion.text_to_image import TextToImageModel
 from mmdemo.models.guards import check_finite
 
-MODEL_FILE = "model.safetensors"
 ARCHITECTURES = ("report", "diffusers")
 
 
@@ -181,17 +178,20 @@ def build_latent_unet(config: LatentDiffusionConfig) -> nn.Module:
     )
 
 
-class LatentDiffusionModel(nn.Module):
+class LatentDiffusionModel(TextToImageModel):
     """Frozen CLIP text tower + VQ-VAE + latent UNet."""
 
+    config_class = LatentDiffusionConfig
+    text_kind = "clip"
+    model_id = "latent-diffusion"
+    clip_sample = False
+    # Like Stable Diffusion, the UNet attends to every CLIP position (padding included): no mask.
+    reads_text_mask = False
+    # Checkpoints written before the report structure existed were all VQModel + UNet2DConditionModel.
+    legacy_defaults = {"architecture": "diffusers"}
+
     def __init__(self, config: LatentDiffusionConfig, text_encoder: nn.Module | None = None):
-        super().__init__()
-        self.config = config
-        self.text_encoder = (
-            text_encoder
-            if text_encoder is not None
-            else build_text_encoder("clip", config.text_encoder_config)
-        )
+        super().__init__(config, text_encoder)
         hidden = int(self.text_encoder.config.hidden_size)
         if hidden != config.cross_attention_dim:
             raise ValueError(
@@ -200,6 +200,28 @@ class LatentDiffusionModel(nn.Module):
         self.vqvae = build_vqvae(config)
         self.unet = build_latent_unet(config)
 
+    @property
+    def denoiser_module(self) -> nn.Module:
+        return self.unet
+
+    def sample_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.config.latent_channels, self.config.latent_size, self.config.latent_size)
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: Any) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=states).sample
+
+    def to_pixels(self, sample: torch.Tensor, model_name: str) -> torch.Tensor:
+        return check_finite(self.decode(sample), model=model_name, where="in the VQ-VAE decoder's pixels")
+
+    def load_trainable(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"{source} does not match the config: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        self.load_state_dict({**self.state_dict(), **state}, strict=True)
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("text_encoder.")}
 
@@ -207,61 +229,3 @@ class LatentDiffusionModel(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion latents -> images in [-1, 1]: undo the scale, snap to the codebook, decode."""
         return self.vqvae.decode(latents / self.config.latent_scale, force_not_quantize=False).sample
-
-
-def load_latent_model(own: Path, text_dir: Path) -> LatentDiffusionModel:
-    """The model in checkpoint folder ``own`` with the frozen text encoder in ``text_dir``, read strictly."""
-    from mmdemo.weights import load_state_dict, read_config
-
-    values = read_config(own)
-    # Checkpoints written before the report structure existed were all VQModel + UNet2DConditionModel.
-    values.setdefault("architecture", "diffusers")
-    config = LatentDiffusionConfig.from_dict(values)
-    model = LatentDiffusionModel(config, load_text_encoder("clip", text_dir))
-    state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
-    expected = set(model.trainable_state_dict())
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(
-            f"{own / MODEL_FILE} does not match the config: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    model.load_state_dict({**model.state_dict(), **state}, strict=True)
-    return model
-
-
-@torch.no_grad()
-def sample_latent_images(
-    model: LatentDiffusionModel,
-    tokenizer: Any,
-    prompts: list[str],
-    negative_prompt: str = "",
-    *,
-    seed: int,
-    steps: int,
-    guidance: float,
-    preset: str,
-    progress: ProgressCallback | None = None,
-    model_name: str = "latent-diffusion",
-) -> tuple[list[Any], list[bool]]:
-    """Images for ``prompts`` (one batch, one generator seeded with ``seed``); shared with training.
-
-    Raises :class:`~mmdemo.models.guards.NonFiniteOutput` rather than return a picture made from NaN.
-    """
-    config = model.config
-    device = next(model.unet.parameters()).device
-    cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
-    uncond = encode_text(
-        tokenizer, model.text_encoder, [negative_prompt] * len(prompts), config.text_max_length, device
-    )
-    scheduler = make_scheduler(preset, config, clip_sample=False)
-    shape = (len(prompts), config.latent_channels, config.latent_size, config.latent_size)
-    generator = torch.Generator().manual_seed(int(seed))
-    unet = model.unet
-    # Like Stable Diffusion, the UNet attends to every CLIP position (padding included): no mask.
-    latents = guided_sample(
-        lambda x, t, states, mask: unet(x, t, encoder_hidden_states=states).sample,
-        scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
-        progress=progress, model_name=model_name,
-    )  # fmt: skip
-    pixels = check_finite(model.decode(latents), model=model_name, where="in the VQ-VAE decoder's pixels")
-    return to_pil(pixels), cond.truncated

@@ -21,17 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from mmdemo.interfaces import ProgressCallback
 from mmdemo.models.config import DictConfig
-from mmdemo.models.diffusion.sampling import guided_sample, make_scheduler, to_pil
-from mmdemo.models.diffusion.text import build_text_encoder, encode_text, load_text_encoder
-
-MODEL_FILE = "model.safetensors"
+from mmdemo.models.diffusion.text_to_image import TextToImageModel
 
 
 @dataclass
@@ -129,71 +125,30 @@ class PixelDenoiser(nn.Module):
         ).sample
 
 
-class PixelDiffusionModel(nn.Module):
+class PixelDiffusionModel(TextToImageModel):
     """Frozen BERT + :class:`PixelDenoiser`."""
 
+    config_class = PixelDiffusionConfig
+    text_kind = "bert"
+    model_id = "pixel-diffusion"
+    clip_sample = True
+    reads_text_mask = True
+    # Checkpoints written before the field existed were all trained with the padding masked.
+    legacy_defaults = {"cross_attention_mask": True}
+
     def __init__(self, config: PixelDiffusionConfig, text_encoder: nn.Module | None = None):
-        super().__init__()
-        self.config = config
-        self.text_encoder = (
-            text_encoder
-            if text_encoder is not None
-            else build_text_encoder("bert", config.text_encoder_config)
-        )
+        super().__init__(config, text_encoder)
         self.denoiser = PixelDenoiser(config, int(self.text_encoder.config.hidden_size))
 
+    @property
+    def denoiser_module(self) -> nn.Module:
+        return self.denoiser
 
-def load_pixel_model(own: Path, text_dir: Path) -> PixelDiffusionModel:
-    """The model in checkpoint folder ``own`` with the frozen text encoder in ``text_dir``, read strictly."""
-    from mmdemo.weights import load_state_dict, read_config
+    def sample_shape(self, batch: int) -> tuple[int, ...]:
+        return (batch, self.config.in_channels, self.config.sample_size, self.config.sample_size)
 
-    values = read_config(own)
-    # Checkpoints written before the field existed were all trained with the padding masked.
-    values.setdefault("cross_attention_mask", True)
-    config = PixelDiffusionConfig.from_dict(values)
-    model = PixelDiffusionModel(config, load_text_encoder("bert", text_dir))
-    state = {k: v.float() for k, v in load_state_dict(own / MODEL_FILE).items()}
-    model.denoiser.load_state_dict(state, strict=True)
-    return model
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, states: torch.Tensor, mask: Any) -> torch.Tensor:
+        return self.denoiser(x, t, states, mask)
 
-
-class Sampled(NamedTuple):
-    images: list[Any]
-    truncated: list[bool]
-
-
-@torch.no_grad()
-def sample_pixels(
-    model: PixelDiffusionModel,
-    tokenizer: Any,
-    prompts: list[str],
-    negative_prompt: str = "",
-    *,
-    seed: int,
-    steps: int,
-    guidance: float,
-    preset: str,
-    progress: ProgressCallback | None = None,
-    model_name: str = "pixel-diffusion",
-) -> Sampled:
-    """Images for ``prompts`` (one batch, one generator seeded with ``seed``). Used by the adapter and training.
-
-    Raises :class:`~mmdemo.models.guards.NonFiniteOutput` rather than return a picture made from NaN.
-    """
-    config = model.config
-    device = next(model.denoiser.parameters()).device
-    cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
-    uncond = encode_text(
-        tokenizer, model.text_encoder, [negative_prompt] * len(prompts), config.text_max_length, device
-    )
-    denoiser = model.denoiser
-    scheduler = make_scheduler(preset, config, clip_sample=True)
-    shape = (len(prompts), config.in_channels, config.sample_size, config.sample_size)
-    generator = torch.Generator().manual_seed(int(seed))
-    sample = guided_sample(
-        lambda x, t, states, mask: denoiser(x, t, states, mask),
-        scheduler, shape, cond.hidden, uncond.hidden, steps=steps, guidance=guidance, generator=generator,
-        cond_mask=cond.attention_mask, uncond_mask=uncond.attention_mask, progress=progress,
-        model_name=model_name,
-    )  # fmt: skip
-    return Sampled(to_pil(sample), cond.truncated)
+    def load_trainable(self, state: dict[str, torch.Tensor], source: Path) -> None:
+        self.denoiser.load_state_dict(state, strict=True)
