@@ -230,14 +230,13 @@ def comparisons(summaries: dict[str, dict]) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> dict:
+    import torch
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
     import mmdemo
     from mmdemo.eval.gallery import GalleryCell, write_gallery
     from mmdemo.runtime import default_device
-
-    import torch
 
     # cpu=True on a machine without CUDA makes accelerate form a gloo (MULTI_CPU) group from the launcher's
     # environment; otherwise a CPU-only launch would run every process as a lone rank 0.
