@@ -187,6 +187,7 @@ class LatentDiffusionModel(TextToImageModel):
     clip_sample = False
     # Like Stable Diffusion, the UNet attends to every CLIP position (padding included): no mask.
     reads_text_mask = False
+    denoiser_name = "unet"
     # Checkpoints written before the report structure existed were all VQModel + UNet2DConditionModel.
     legacy_defaults = {"architecture": "diffusers"}
 
@@ -199,10 +200,6 @@ class LatentDiffusionModel(TextToImageModel):
             )
         self.vqvae = build_vqvae(config)
         self.unet = build_latent_unet(config)
-
-    @property
-    def denoiser_module(self) -> nn.Module:
-        return self.unet
 
     def sample_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.config.latent_channels, self.config.latent_size, self.config.latent_size)

@@ -133,16 +133,13 @@ class PixelDiffusionModel(TextToImageModel):
     model_id = "pixel-diffusion"
     clip_sample = True
     reads_text_mask = True
+    denoiser_name = "denoiser"
     # Checkpoints written before the field existed were all trained with the padding masked.
     legacy_defaults = {"cross_attention_mask": True}
 
     def __init__(self, config: PixelDiffusionConfig, text_encoder: nn.Module | None = None):
         super().__init__(config, text_encoder)
         self.denoiser = PixelDenoiser(config, int(self.text_encoder.config.hidden_size))
-
-    @property
-    def denoiser_module(self) -> nn.Module:
-        return self.denoiser
 
     def sample_shape(self, batch: int) -> tuple[int, ...]:
         return (batch, self.config.in_channels, self.config.sample_size, self.config.sample_size)

@@ -31,7 +31,7 @@ class TextToImageModel(nn.Module):
     """Frozen text encoder (``self.text_encoder``) + the family's trainable networks, built by the subclass.
 
     Class attributes: ``config_class``; ``text_kind`` ("bert" or "clip", see :mod:`mmdemo.models.diffusion.text`);
-    ``model_id`` (the registry id, named in messages); ``clip_sample`` (the scheduler clips x0 to [-1, 1]);
+    ``model_id`` (the registry id, named in messages); ``denoiser_name``; ``clip_sample`` (the scheduler clips x0 to [-1, 1]);
     ``reads_text_mask`` (the denoiser receives the prompt's attention mask); ``legacy_defaults`` (config values
     of checkpoints written before a field existed).
     """
@@ -54,10 +54,7 @@ class TextToImageModel(nn.Module):
 
     # ---- what a family provides
 
-    @property
-    def denoiser_module(self) -> nn.Module:
-        """The network that predicts the noise (its device is where sampling runs)."""
-        raise NotImplementedError
+    denoiser_name: ClassVar[str]  # the attribute holding the network that predicts the noise
 
     def sample_shape(self, batch: int) -> tuple[int, ...]:
         raise NotImplementedError
@@ -108,7 +105,8 @@ def sample_images(
     """
     config = model.config
     name = model_name or model.model_id
-    device = next(model.denoiser_module.parameters()).device
+    # Sampling runs where the noise-predicting network is.
+    device = next(getattr(model, model.denoiser_name).parameters()).device
     cond = encode_text(tokenizer, model.text_encoder, prompts, config.text_max_length, device)
     uncond = encode_text(
         tokenizer, model.text_encoder, [negative_prompt] * len(prompts), config.text_max_length, device
