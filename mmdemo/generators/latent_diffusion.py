@@ -1,4 +1,7 @@
-"""Registry adapter of ``latent-diffusion``: config, networks and sampler are :mod:`mmdemo.models.diffusion.latent`."""
+"""Registry adapter of ``latent-diffusion``.
+
+Config and networks: :mod:`mmdemo.models.diffusion.latent`; sampler: :mod:`mmdemo.models.diffusion.text_to_image`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Registry adapter of ``pixel-diffusion``: config, network and sampler are :mod:`mmdemo.models.diffusion.pixel`."""
+"""Registry adapter of ``pixel-diffusion``.
+
+Config and network: :mod:`mmdemo.models.diffusion.pixel`; sampler: :mod:`mmdemo.models.diffusion.text_to_image`.
+"""
 
 from __future__ import annotations
 
