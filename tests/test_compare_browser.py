@@ -83,3 +83,48 @@ def test_a_deep_link_restores_and_runs_a_comparison_shown_in_the_slider(app_url)
             assert shared["models"] == query["models"] and '"steps":6' in shared["options"]
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+def test_captions_table_keeps_every_column_in_view_and_small_pictures_are_enlarged(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    from mmdemo.registry import CAPTIONER_IDS
+    from mmdemo.service import load_examples
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(app_url, wait_until="load")
+            page.locator(".caption-input input[type=file]").set_input_files(str(load_examples()[0].path))
+            picture = page.locator(".caption-input img").first
+            expect(picture).to_be_visible(timeout=30_000)
+            box = picture.bounding_box()
+            assert box and box["width"] >= 200, box  # a 64 px example fills the box
+            assert picture.evaluate("i => getComputedStyle(i).imageRendering") == "pixelated"
+            page.get_by_role("button", name="Caption", exact=True).click()
+            expect(page.get_by_text("Reference captions")).to_be_visible(timeout=180_000)
+            # Captions wrap: the table is no wider than its box, so seconds, weights and BLEU-4 stay in view.
+            wrap = page.locator(".table-wrap").first
+            for model_id in CAPTIONER_IDS:  # one row per captioner
+                expect(wrap).to_contain_text(REGISTRY[model_id].display_name, timeout=30_000)
+            scroll_width, client_width = wrap.evaluate("e => [e.scrollWidth, e.clientWidth]")
+            assert scroll_width <= client_width + 1, (scroll_width, client_width)
+            for header in ("seconds", "weights", "BLEU-4"):
+                cell = wrap.get_by_text(header, exact=True).first
+                cell_box, wrap_box = cell.bounding_box(), wrap.bounding_box()
+                assert (
+                    cell_box
+                    and wrap_box
+                    and cell_box["x"] + cell_box["width"] <= wrap_box["x"] + wrap_box["width"] + 1
+                )
+            # The records are for API users: collapsed until opened.
+            records = page.locator("#caption-records")
+            expect(records).to_be_hidden()
+            page.get_by_text("Records (API)").first.click()
+            expect(records).to_be_visible()
+        finally:
+            browser.close()

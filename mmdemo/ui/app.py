@@ -81,7 +81,7 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
             )
             references = gr.Markdown(label="Reference captions")
             with gr.Accordion("Records (API)", open=False):
-                records = gr.JSON(label="Records (API)", open=False)
+                records = gr.JSON(label="Records (API)", open=False, elem_id="caption-records")
     button.click(
         caption_handler(ctx),
         inputs=[image, model, num_beams, max_new_tokens],
@@ -214,7 +214,7 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> compare.GenerateIn
     compare.create_slider(images)
     with gr.Row():
         with gr.Accordion("Records (API)", open=False):
-            records = gr.JSON(label="Records (API)", open=False)
+            records = gr.JSON(label="Records (API)", open=False, elem_id="generate-records")
         archive = gr.File(label="Download all (PNG + settings JSON)")
     compare.wire_seed_buttons(seed_buttons, records, seed)
     dice.click(random_seed, outputs=seed, api_name="random_seed", queue=False)
