@@ -1,7 +1,4 @@
-"""Registry adapter of ``latent-diffusion``.
-
-Config and networks: :mod:`mmdemo.models.diffusion.latent`; sampler: :mod:`mmdemo.models.diffusion.text_to_image`.
-"""
+"""``latent-diffusion``'s adapter; config, networks: mmdemo.models.diffusion.latent; sampler: .text_to_image."""
 
 from __future__ import annotations
 

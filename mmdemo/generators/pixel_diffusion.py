@@ -1,7 +1,4 @@
-"""Registry adapter of ``pixel-diffusion``.
-
-Config and network: :mod:`mmdemo.models.diffusion.pixel`; sampler: :mod:`mmdemo.models.diffusion.text_to_image`.
-"""
+"""``pixel-diffusion``'s adapter; config, network: mmdemo.models.diffusion.pixel; sampler: .text_to_image."""
 
 from __future__ import annotations
 
