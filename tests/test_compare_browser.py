@@ -4,8 +4,10 @@ then shows two finished panels at one size, and "copy link" gives a link carryin
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
@@ -13,6 +15,8 @@ from conftest import require_or_skip
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import GENERATOR_IDS, REGISTRY
+
+SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "screenshot_compare.png"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +75,8 @@ def test_a_deep_link_restores_and_runs_a_comparison_shown_in_the_slider(app_url)
                 round(second["height"]),
             )
 
+            if os.environ.get("MMDEMO_UPDATE_SCREENSHOT"):  # the README's picture of the slider
+                page.locator("#compare").first.screenshot(path=str(SCREENSHOT))
             # "Use this seed" on a panel, then "copy link": the link carries the settings back.
             page.get_by_label("Seed", exact=True).fill("1")
             page.locator(".use-seed").nth(GENERATOR_IDS.index(models[1])).click()
