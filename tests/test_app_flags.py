@@ -88,6 +88,12 @@ def gpu_durations(fake_module):
 def test_each_model_running_event_asks_zerogpu_for_an_estimated_duration(gpu_durations):
     assert {"caption", "generate"} <= set(gpu_durations), gpu_durations
     assert all(callable(fn) for fn in gpu_durations.values())
+    # A battle's pair is drawn inside the call: it asks for the two costliest models, more than any one.
+    from mmdemo.registry import GENERATOR_IDS
+
+    battle = gpu_durations["arena_generate"]("a red circle", 0)
+    alone = [gpu_durations["generate"]("a red circle", [m], 0) for m in GENERATOR_IDS]
+    assert max(alone) < battle <= sum(sorted(alone)[-2:]), (battle, alone)
 
 
 def test_generate_duration_grows_with_models_and_steps(gpu_durations):

@@ -15,8 +15,9 @@ from PIL import Image
 
 from mmdemo.arena.battles import Arena, ArenaConfig, ArenaError, random_prompt
 from mmdemo.arena.export import write_votes
+from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS
 from mmdemo.ui.components import RawImageInput
-from mmdemo.ui.handlers import AppContext, alignment_scorer, on_gpu
+from mmdemo.ui.handlers import AppContext, alignment_scorer, battle_gpu_seconds, on_gpu
 
 log = logging.getLogger(__name__)
 VOTE_BUTTONS = (
@@ -25,8 +26,6 @@ VOTE_BUTTONS = (
     ("🤝 Tie", "tie"),
     ("👎 Both bad", "both bad"),
 )
-GPU_SECONDS_GENERATE_BATTLE = 120  # two generators at the fast preset, SDXL or Infinity included
-GPU_SECONDS_CAPTION_BATTLE = 40
 TASK_CHOICES = [("Text → Image", "generate"), ("Image → Text", "caption")]
 LEADERBOARD_COLUMNS = [
     "rank",
@@ -69,14 +68,23 @@ def reveal_markdown(reveal: dict) -> str:
     return "\n\n".join([head, side("A"), side("B"), "Start a new battle for another round."])
 
 
+def generate_battle_gpu_seconds(*args, **kwargs) -> int:
+    return battle_gpu_seconds(GENERATOR_IDS)
+
+
+def caption_battle_gpu_seconds(*args, **kwargs) -> int:
+    return battle_gpu_seconds(CAPTIONER_IDS)
+
+
 class ArenaHandlers:
     """Event handlers over one arena (or over its absence: every event then says why)."""
 
     def __init__(self, arena: Arena | None, reason: str | None):
         self.arena, self.reason = arena, reason
         # On a ZeroGPU Space a battle asks for a GPU window (two models, one input); unchanged elsewhere.
-        self.arena_generate = on_gpu(GPU_SECONDS_GENERATE_BATTLE)(self.arena_generate)
-        self.arena_caption = on_gpu(GPU_SECONDS_CAPTION_BATTLE)(self.arena_caption)
+        # The pair is drawn inside the call, so each asks for the two costliest models' declared costs.
+        self.arena_generate = on_gpu(generate_battle_gpu_seconds)(self.arena_generate)
+        self.arena_caption = on_gpu(caption_battle_gpu_seconds)(self.arena_caption)
 
     def need(self) -> Arena:
         if self.arena is None:

@@ -15,7 +15,7 @@ import random
 import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,18 +163,28 @@ def generate_gpu_seconds(
         options = {}
     total = GPU_SECONDS_BASE
     for model_id in models or []:
-        spec = REGISTRY.get(model_id)
-        if spec is None:
-            continue
-        steps_option = spec.options_for("full").get("steps")  # ZeroGPU runs the full weights
-        steps = options.get(model_id, {}).get("steps") or (
-            steps_option.default_for(preset, "cuda") if steps_option else 0
-        )
-        try:
-            total += spec.gpu_cost.fixed + spec.gpu_cost.per_step * float(steps)
-        except (TypeError, ValueError):  # a bad value fails the request itself, with its own message
-            total += spec.gpu_cost.fixed
+        if model_id in REGISTRY:
+            total += model_gpu_seconds(model_id, preset, options.get(model_id, {}).get("steps"))
     return int(min(total, GPU_SECONDS_MAX))
+
+
+def model_gpu_seconds(model_id: str, preset: str = "fast", steps: Any = None) -> float:
+    """One model's declared ZeroGPU cost for ``steps`` (blank: the preset's default for the full weights)."""
+    spec = REGISTRY[model_id]
+    steps_option = spec.options_for("full").get("steps")  # ZeroGPU runs the full weights
+    if not steps:
+        steps = steps_option.default_for(preset, "cuda") if steps_option else 0
+    try:
+        return spec.gpu_cost.fixed + spec.gpu_cost.per_step * float(steps)
+    except (TypeError, ValueError):  # a bad value fails the request itself, with its own message
+        return spec.gpu_cost.fixed
+
+
+def battle_gpu_seconds(model_ids: Sequence[str]) -> int:
+    """ZeroGPU time for an arena battle at the fast preset: its pair is drawn inside the call, so the two
+    costliest of ``model_ids`` (their declared costs)."""
+    costs = sorted((model_gpu_seconds(m) for m in model_ids), reverse=True)
+    return int(min(GPU_SECONDS_BASE + sum(costs[:2]), GPU_SECONDS_MAX))
 
 
 def caption_gpu_seconds(image, model, *args, **kwargs):
