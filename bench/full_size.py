@@ -402,19 +402,21 @@ def _build_infinity(spec: Any, weights: Any, device: str, dtype: torch.dtype) ->
     from transformers import T5Config, T5EncoderModel
 
     from mmdemo.generators.infinity import InfinityGenerator, _family_config
-    from mmdemo.models.infinity.loading import FLAN_T5_XL_CONFIG, build_word_tokenizer
+    from mmdemo.models.infinity.loading import FLAN_T5_XL_CONFIG, build_word_tokenizer, place_transformer
 
     config = dict(spec.full_config)
     with fast_init(dtype), torch.device("cpu"):
         transformer = InfinityGenerator.build_network(config, device="cpu")
         vae = InfinityGenerator.build_vae(config, device="cpu", with_encoder=False)
         t5 = T5EncoderModel(T5Config(**FLAN_T5_XL_CONFIG))
-    fill_(transformer, dtype=dtype)
-    fill_(vae, dtype=torch.float32)  # the adapter decodes in fp32, as upstream
-    fill_(t5, dtype=dtype)
+    # Precision as the full profile's loader places them, whatever --dtype says: the transformer fp32 with its
+    # blocks bf16 on a GPU (fp32 on a CPU), T5 fp16 on a GPU (fp32 on a CPU), the VAE decoding in fp32.
+    fill_(transformer, dtype=torch.float32)
+    fill_(vae, dtype=torch.float32)
+    fill_(t5, dtype=torch.float16 if device.startswith("cuda") else torch.float32)
     _reset_constant_buffers(transformer, vae)
     generator = InfinityGenerator(
-        spec, weights, _family_config(config), transformer.to(device), vae.to(device), device
+        spec, weights, _family_config(config), place_transformer(transformer, device), vae.to(device), device
     )
     tokenizer = pad_tokenizer(build_word_tokenizer(SHAPES_CAPTIONS), FLAN_T5_XL_CONFIG["vocab_size"])
     generator._tokenizer, generator._text_encoder = tokenizer, t5.to(device).eval().requires_grad_(False)

@@ -45,6 +45,7 @@ def test_dry_run_prints_every_stage_with_estimates_and_runs_nothing(captions_onl
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 17 stages (seven trainings, their evaluations, both tables): minutes on 2 cores
 def test_tiny_chain_end_to_end_then_everything_is_skipped(tmp_path, capsys):
     from mmdemo.data.shapes import generate_shapes_dataset
 
