@@ -395,12 +395,17 @@ def test_hub_export_commits_new_votes_with_the_hub_stubbed(tmp_path):
     assert [json.loads(line)["battle_id"] for line in data.decode().splitlines()] == ids
 
 
-def test_full_weights_draw_from_the_report_flickr8k_test_prompts(flickr8k_shared):
+def test_full_weights_draw_from_the_report_flickr8k_test_prompts(flickr8k_shared, monkeypatch):
     import random
 
-    from mmdemo.arena.battles import FLICKR8K_PROMPTS
+    from mmdemo.arena.battles import FLICKR8K_ENV, flickr8k_test_prompts
     from mmdemo.data.flickr8k import load_flickr8k, text_to_image_split
 
     _, prompts = text_to_image_split(load_flickr8k(flickr8k_shared))
-    assert FLICKR8K_PROMPTS.read_text().splitlines() == [p.strip() for p in prompts]  # the shipped copy
-    assert random_prompt("full", random.Random(1)) in [p.strip() for p in prompts]
+    prompts = [p.strip() for p in prompts]
+    monkeypatch.setenv(FLICKR8K_ENV, str(flickr8k_shared))
+    assert flickr8k_test_prompts() == prompts and len(prompts) == 1091
+    assert random_prompt("full", random.Random(1)) in prompts
+    assert random_prompt("demo", random.Random(1)) not in prompts  # demo weights draw Shapes prompts
+    monkeypatch.delenv(FLICKR8K_ENV)
+    assert random_prompt("full", random.Random(1)) not in prompts  # nothing named: Shapes, not a stale copy

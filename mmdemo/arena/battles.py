@@ -12,6 +12,7 @@ vote stays meaningful after its picture is gone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -40,7 +41,9 @@ from mmdemo.runtime import ModelManager
 
 log = logging.getLogger(__name__)
 TASK_MODELS = {"generate": GENERATOR_IDS, "caption": CAPTIONER_IDS}
-FLICKR8K_PROMPTS = Path(__file__).resolve().parents[2] / "assets" / "arena" / "flickr8k_test_prompts.txt"
+# The report's 1091 text-to-image test prompts are computed from a Flickr8k ``captions.txt`` (or a folder or
+# dataset id) named here, never shipped: the captions are Flickr8k's, not ours to redistribute.
+FLICKR8K_ENV = "MMDEMO_FLICKR8K"
 
 
 class ArenaError(ValueError):
@@ -474,11 +477,27 @@ class Arena:
 # ------------------------------------------------------------------------------------------------ prompts
 
 
+def flickr8k_test_prompts() -> list[str]:
+    """The report's text-to-image test prompts from ``$MMDEMO_FLICKR8K``, or [] when it names nothing."""
+    source = os.environ.get(FLICKR8K_ENV)
+    if not source:
+        return []
+    return _test_prompts(source)
+
+
+@functools.lru_cache(maxsize=2)
+def _test_prompts(source: str) -> list[str]:
+    from mmdemo.data.flickr8k import load_flickr8k, text_to_image_split
+
+    return [p.strip() for p in text_to_image_split(load_flickr8k(source))[1] if p.strip()]
+
+
 def random_prompt(profile: str, rng: random.Random | None = None) -> str:
-    """A prompt from the running profile's prompt set: Shapes for demo weights, Flickr8k test prompts for full."""
+    """A prompt from the running profile's prompt set: Shapes for demo weights; for full weights the report's
+    Flickr8k test prompts when ``$MMDEMO_FLICKR8K`` names the captions, else Shapes too."""
     rng = rng or random.Random()
-    if profile == "full" and FLICKR8K_PROMPTS.is_file():
-        prompts = [p for p in FLICKR8K_PROMPTS.read_text().splitlines() if p.strip()]
+    prompts = flickr8k_test_prompts() if profile == "full" else []
+    if prompts:
         return rng.choice(prompts)
     from mmdemo.data.shapes import sample_single_object_prompts
 
