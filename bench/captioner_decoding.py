@@ -12,7 +12,7 @@
     python bench/captioner_decoding.py --model clipb32-xattn
     python bench/captioner_decoding.py --random full            # full-size network, random weights
 
-Prints one JSON line with the timings and ratios. Run it alone on the machine (``/tmp/cpuslot`` here).
+Prints one JSON line with the timings and ratios. Run it alone on the machine (nothing else using the CPU).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ token grids (the official schedules; the demo weights when shipped, else random 
 not depend on the values). Ratios are against the 0.06M budget measured in the same run; a second table
 compares sampling with and without the KV cache::
 
-    /tmp/cpuslot python bench/infinity_budget.py [--repeats 3]
+    MMDEMO_NUM_THREADS=1 python bench/infinity_budget.py [--repeats 3]
 """
 
 from __future__ import annotations

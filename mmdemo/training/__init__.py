@@ -11,7 +11,7 @@ import torch
 
 
 def set_threads() -> None:
-    """Honour ``MMDEMO_NUM_THREADS`` (``/tmp/cpuslot`` sets it to 1) so shared CPUs are not oversubscribed."""
+    """Honour ``MMDEMO_NUM_THREADS`` so shared CPUs are not oversubscribed."""
     threads = os.environ.get("MMDEMO_NUM_THREADS")
     if threads:
         torch.set_num_threads(max(1, int(threads)))
