@@ -60,6 +60,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from PIL import Image
 
     import mmdemo
+    from mmdemo.captioners.base import TrainingInit
     from mmdemo.captioners.vocab import SOS_ID, Vocabulary
     from mmdemo.registry import get_spec
     from mmdemo.weights import ResolvedWeights
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.random:
         config = spec.tiny_config if args.random == "tiny" else spec.full_config
         words = [f"w{i}" for i in range(60)]
-        network = cls.network_class.for_training(config, train_captions=[" ".join(words)] * 2)
+        network = cls.network_class.for_training(config, TrainingInit(train_captions=[" ".join(words)] * 2))
         captioner = cls(spec, ResolvedWeights.demo(spec, Path("random")), network, "cpu")
         source = f"random {args.random}"
     else:

@@ -14,7 +14,7 @@ import torch
 from conftest import load_script
 from PIL import Image
 
-from mmdemo.captioners.base import CaptionNetwork
+from mmdemo.captioners.base import CaptionNetwork, TrainingInit
 from mmdemo.captioners.qformer import QFormerBertCaptioner
 from mmdemo.models.qformer import network as qf
 from mmdemo.params import count_parameters
@@ -61,7 +61,7 @@ def tinyllama_reference() -> dict[str, torch.Tensor]:
 def tiny(model_id: str, **override) -> qf._QFormerNetwork:
     torch.manual_seed(0)
     cls = qf.QFormerBertNetwork if model_id == "qformer-bert" else qf.QFormerLlamaNetwork
-    return cls.for_training({**get_spec(model_id).tiny_config, **override}, train_captions=CAPTIONS).eval()
+    return cls.for_training({**get_spec(model_id).tiny_config, **override}, TrainingInit(train_captions=CAPTIONS)).eval()
 
 
 def images(n: int = 3) -> list[Image.Image]:
@@ -438,12 +438,12 @@ def test_full_size_training_init_reads_public_layouts(tmp_path):
     llama.llm.save_pretrained(tmp_path / "llm")
     llama.tokenizer.save_pretrained(tmp_path / "llm")
     config = get_spec("qformer-bert").tiny_config
-    net = qf.QFormerBertNetwork.for_training(config, train_captions=[], sources={"vision": blip2, "tokenizer": bert})
+    net = qf.QFormerBertNetwork.for_training(config, TrainingInit(sources={"vision": blip2, "tokenizer": bert}))
     assert net.dec_token_id == len(vocab) and all(
         torch.equal(v, official[f"vision_model.{k}"]) for k, v in net.vision_model.state_dict().items()
     )
     net = qf.QFormerLlamaNetwork.for_training(
-        get_spec("qformer-tinyllama").tiny_config, train_captions=[], sources={"vision": blip2, "language_model": tmp_path / "llm"}
+        get_spec("qformer-tinyllama").tiny_config, TrainingInit(sources={"vision": blip2, "language_model": tmp_path / "llm"})
     )
     state = net.state_dict()
     assert all(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmdemo.captioners.base import TrainingInit
 from mmdemo.captioners.vocab import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Vocabulary, tokenize
 from mmdemo.models.xattn.network import XAttnCaptionNetwork, XAttnConfig
 from mmdemo.params import count_parameters
@@ -38,7 +39,7 @@ def full_network(model_id: str) -> XAttnCaptionNetwork:
 def tiny_network(model_id: str = "resnet18-xattn", **override) -> XAttnCaptionNetwork:
     torch.manual_seed(0)
     config = {**get_spec(model_id).tiny_config, **override}
-    return XAttnCaptionNetwork.for_training(config, train_captions=CAPTIONS).eval()
+    return XAttnCaptionNetwork.for_training(config, TrainingInit(train_captions=CAPTIONS)).eval()
 
 
 # ----------------------------------------------------------------------------- official weights, meta builds

@@ -230,11 +230,12 @@ def test_sampling_presets_sample_as_the_report_did():
 def test_tinyllama_report_prompt_format_pads_the_prompt_and_targets_the_leading_bos(monkeypatch):
     """The report's code: ``tokenizer(prompt, padding="max_length", max_length=9)`` (with ``<s>``, pads attended),
     then BOS and the queries; the caption keeps its leading ``<s>``, which is a target."""
+    from mmdemo.captioners.base import TrainingInit
     from mmdemo.models.qformer import network as qf
 
     torch.manual_seed(0)
     config = {**get_spec("qformer-tinyllama").tiny_config, "prompt_format": "report"}
-    network = qf.QFormerLlamaNetwork.for_training(config, train_captions=["a red circle", "a blue square"]).eval()
+    network = qf.QFormerLlamaNetwork.for_training(config, TrainingInit(train_captions=["a red circle", "a blue square"])).eval()
     tok = network.tokenizer
     words = tok(config["prompt"], add_special_tokens=False)["input_ids"]
     expected = [tok.bos_token_id, *words] + [tok.pad_token_id] * max(0, qf.REPORT_PROMPT_TOKENS - 1 - len(words))

@@ -39,7 +39,14 @@ from typing import Any
 
 import torch
 
-from mmdemo.captioners.base import CaptionNetwork, Features, features_cat, features_index, features_to
+from mmdemo.captioners.base import (
+    CaptionNetwork,
+    Features,
+    TrainingInit,
+    features_cat,
+    features_index,
+    features_to,
+)
 from mmdemo.recipes import CAPTIONER, add_recipe_argument, apply_recipe
 from mmdemo.training.checkpoints import resume_state
 from mmdemo.training.checkpoints import save_state as save_rolling_state
@@ -354,10 +361,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     sources = third_party_sources(spec, args.source_dir) if args.size == "full" else None
     network = cls.network_for_training(
         config,
-        train_captions=[p.caption for p in train_pairs],
-        sources=sources,
-        init_dir=args.init_dir,
-        device=accelerator.device,
+        TrainingInit(
+            train_captions=[p.caption for p in train_pairs],
+            sources=sources,
+            init_dir=args.init_dir,
+            device=accelerator.device,
+        ),
     )
 
     # Frozen-encoder features, once, for every image in use (train then validation order).

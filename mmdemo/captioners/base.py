@@ -29,10 +29,11 @@ class named in the registry, which delegate to the network class)::
 
     cls = mmdemo.adapter_class(spec)                       # e.g. mmdemo.captioners.xattn:XAttnCaptioner
     config = spec.tiny_config if size == "tiny" else spec.full_config   (+ --config-override JSON)
-    net = cls.network_for_training(config, train_captions=[...], sources=..., init_dir=..., device=...)
+    net = cls.network_for_training(config, TrainingInit(train_captions=[...], sources=..., init_dir=..., device=...))
 
 ``network_for_training`` builds the tokenizer (a vocabulary from ``train_captions``, or a pretrained
-tokenizer), builds the network, fills the frozen parts and freezes them:
+tokenizer), builds the network, fills the frozen parts and freezes them; :class:`TrainingInit` says where
+those come from:
 
 * full size: ``sources`` maps each *third-party* entry of ``spec.sources`` (every entry except our own
   ``OWN_WEIGHTS_REPO`` one) by its component name to a local folder, e.g. ``"vision"`` to the folder holding
@@ -69,7 +70,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -114,6 +115,24 @@ def features_cat(parts: list[Features]) -> Features:
     if isinstance(parts[0], dict):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     return torch.cat(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingInit:
+    """Where a network built for training takes its tokenizer and frozen parts from (see "How the training
+    script builds a network" in the module docstring).
+
+    Args:
+        train_captions: the training captions a family learns its tokenizer from (when it learns one).
+        sources: full size: the third-party component folders by name (``"vision"``, ...), loaded strictly.
+        init_dir: tiny size: a folder of our Shapes-pretrained frozen parts; ``None`` leaves them random.
+        device: where the built network is placed.
+    """
+
+    train_captions: Sequence[str] = ()
+    sources: Mapping[str, Path] | None = None
+    init_dir: Path | None = None
+    device: str | torch.device = "cpu"
 
 
 class CaptionNetwork(torch.nn.Module):
@@ -162,15 +181,7 @@ class CaptionNetwork(torch.nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def for_training(
-        cls,
-        config: dict[str, Any],
-        *,
-        train_captions: list[str],
-        sources: Mapping[str, Path] | None = None,
-        init_dir: Path | None = None,
-        device: str | torch.device = "cpu",
-    ) -> CaptionNetwork:
+    def for_training(cls, config: dict[str, Any], init: TrainingInit) -> CaptionNetwork:
         """See "How the training script builds a network" in the module docstring."""
         raise NotImplementedError
 
@@ -297,18 +308,8 @@ class CaptionerAdapter(Captioner):
         return cls.network_class.build(config, device=device)
 
     @classmethod
-    def network_for_training(
-        cls,
-        config: dict[str, Any],
-        *,
-        train_captions: list[str],
-        sources: Mapping[str, Path] | None = None,
-        init_dir: Path | None = None,
-        device: str | torch.device = "cpu",
-    ) -> CaptionNetwork:
-        return cls.network_class.for_training(
-            config, train_captions=train_captions, sources=sources, init_dir=init_dir, device=device
-        )
+    def network_for_training(cls, config: dict[str, Any], init: TrainingInit) -> CaptionNetwork:
+        return cls.network_class.for_training(config, init)
 
     @classmethod
     def load(

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdemo.captioners.base import CaptionNetwork
+from mmdemo.captioners.base import CaptionNetwork, TrainingInit
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -536,20 +536,13 @@ class QFormerBertNetwork(_QFormerNetwork):
             nn.init.zeros_(self.lm_head.transform.dense.bias)
 
     @classmethod
-    def for_training(
-        cls,
-        config: dict[str, Any],
-        *,
-        train_captions: list[str],
-        sources: Mapping[str, Path] | None = None,
-        init_dir: Path | None = None,
-        device: str | torch.device = "cpu",
-    ) -> QFormerBertNetwork:
+    def for_training(cls, config: dict[str, Any], init: TrainingInit) -> QFormerBertNetwork:
         """Full: sources = {"vision": blip2-itm-vit-g, "tokenizer": bert-base-uncased}; the ViT is loaded, the rest starts random.
         Tiny: a WordPiece vocabulary learned from ``train_captions``; ``init_dir`` (optional) holds a
         pretrained tiny ViT (``vision_model.*`` keys)."""
         import tempfile
 
+        sources, init_dir = init.sources, init.init_dir
         if sources:
             from transformers import BertTokenizer
 
@@ -558,7 +551,7 @@ class QFormerBertNetwork(_QFormerNetwork):
         else:
             size = int(config.get("vocab_size", QFormerBertConfig.vocab_size))
             with tempfile.TemporaryDirectory() as tmp:
-                tokenizer = build_shapes_wordpiece(train_captions, tmp, vocab_size=size)
+                tokenizer = build_shapes_wordpiece(list(init.train_captions), tmp, vocab_size=size)
         network = cls.build(config, device="cpu", tokenizer=tokenizer)
         if sources:  # the whole ViT (trunk + ln_vision) from BLIP-2, strictly; everything else starts random
             state = network._official_state(sources)
@@ -573,7 +566,7 @@ class QFormerBertNetwork(_QFormerNetwork):
             network.vision_model.load_state_dict(
                 {k.removeprefix("vision_model."): v for k, v in state.items()}
             )
-        return network.to(device)
+        return network.to(init.device)
 
     def _official_state(self, sources: Mapping[str, Path]) -> dict[str, torch.Tensor]:
         return official_state_dict("qformer-bert", _read_safetensors_folder(sources["vision"]))
@@ -703,37 +696,29 @@ class QFormerLlamaNetwork(_QFormerNetwork):
         return super().frozen_prefixes + ("llm.",)  # TinyLlama stays frozen, as in the report
 
     @classmethod
-    def for_training(
-        cls,
-        config: dict[str, Any],
-        *,
-        train_captions: list[str],
-        sources: Mapping[str, Path] | None = None,
-        init_dir: Path | None = None,
-        device: str | torch.device = "cpu",
-    ) -> QFormerLlamaNetwork:
+    def for_training(cls, config: dict[str, Any], init: TrainingInit) -> QFormerLlamaNetwork:
         """Full: sources = {"vision": blip2-itm-vit-g, "language_model": TinyLlama}; ViT, Q-Former and queries from BLIP-2, the LLM from
         TinyLlama, only the projection starts random. Tiny: ``init_dir/llm/`` is the Shapes-pretrained LM with
         its tokenizer (``train/pretrain_tiny_lm.py``); ``init_dir/stage1/`` (optional) a ``qformer-bert`` demo
         checkpoint whose ViT, Q-Former and queries stand in for BLIP-2 stage 1. Without ``init_dir`` (tests):
         a BPE tokenizer from ``train_captions`` and a random frozen LM."""
-        if sources:
-            network = cls.build(config, device="cpu", tokenizer=_load_tokenizer(sources["language_model"]))
-            state = network._official_state(sources)
+        if init.sources:
+            network = cls.build(config, device="cpu", tokenizer=_load_tokenizer(init.sources["language_model"]))
+            state = network._official_state(init.sources)
             network._load_partial(state, ("language_projection.",), "the BLIP-2 + TinyLlama checkpoints")
-            return network.to(device)
-        init_dir = Path(init_dir) if init_dir is not None else None
+            return network.to(init.device)
+        init_dir = Path(init.init_dir) if init.init_dir is not None else None
         if init_dir is not None and (init_dir / "llm").is_dir():
             network = cls.build(config, device="cpu", tokenizer=_load_tokenizer(init_dir / "llm"))
             network.load_llm(init_dir / "llm")
         else:
             vocab = LLM_PRESETS[cls.config_class(**config).llm]["vocab_size"]
             network = cls.build(
-                config, device="cpu", tokenizer=build_shapes_bpe(train_captions, vocab_size=vocab)
+                config, device="cpu", tokenizer=build_shapes_bpe(list(init.train_captions), vocab_size=vocab)
             )
         if init_dir is not None and (init_dir / "stage1").is_dir():
             network.load_stage1(init_dir / "stage1")
-        return network.to(device)
+        return network.to(init.device)
 
     def _official_state(self, sources: Mapping[str, Path]) -> dict[str, torch.Tensor]:
         return official_state_dict(

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from mmdemo.captioners.base import CaptionNetwork, Features
+from mmdemo.captioners.base import CaptionNetwork, Features, TrainingInit
 from mmdemo.captioners.vocab import EOS_ID, PAD_ID, SOS_ID, Vocabulary
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -319,23 +319,15 @@ class XAttnCaptionNetwork(CaptionNetwork):
             return cls(config, vocab)
 
     @classmethod
-    def for_training(
-        cls,
-        config: dict[str, Any],
-        *,
-        train_captions: list[str],
-        sources: Mapping[str, Path] | None = None,
-        init_dir: Path | None = None,
-        device: str | torch.device = "cpu",
-    ) -> XAttnCaptionNetwork:
+    def for_training(cls, config: dict[str, Any], init: TrainingInit) -> XAttnCaptionNetwork:
         max_len = int(config.get("max_len", XAttnConfig.max_len))
-        vocab = Vocabulary.build(train_captions, max_len=max_len)
+        vocab = Vocabulary.build(list(init.train_captions), max_len=max_len)
         network = cls.build({**config, "vocab_size": len(vocab)}, device="cpu", vocab=vocab)
-        if sources:
-            network.load_frozen_from_sources(sources)
-        elif init_dir is not None:
-            network.load_pretrained_vision(init_dir)
-        return network.to(device)
+        if init.sources:
+            network.load_frozen_from_sources(init.sources)
+        elif init.init_dir is not None:
+            network.load_pretrained_vision(init.init_dir)
+        return network.to(init.device)
 
     def load_frozen_from_sources(self, sources: Mapping[str, Path]) -> None:
         state = official_vision_state(self.config, sources["vision"])
