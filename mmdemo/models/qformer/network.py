@@ -52,75 +52,41 @@ DEC_TOKEN = "[DEC]"  # BLIP-2 adds it to bert-base-uncased as the BOS of image-g
 
 # Blip2VisionConfig keyword arguments. "eva-vit-g-14" is the vision tower of Salesforce/blip2-itm-vit-g
 # (EVA-CLIP ViT-g/14 without its last block, 224 px); transformers 5.23's Blip2VisionConfig defaults are the
-# same numbers, written out here so that a library default change cannot silently change the model.
+# same numbers, written out here so that a library default change cannot silently change the model. The tiny
+# preset is the same class with only the sizes changed, so the two share everything else.
+_EVA_VIT = dict(hidden_act="gelu", layer_norm_eps=1e-6, attention_dropout=0.0, qkv_bias=True)
 VISION_PRESETS: dict[str, dict[str, Any]] = {
     "eva-vit-g-14": dict(
-        hidden_size=1408,
-        intermediate_size=6144,
-        num_hidden_layers=39,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        attention_dropout=0.0,
-        qkv_bias=True,
-        initializer_range=1e-10,
+        _EVA_VIT, hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+        image_size=224, patch_size=14, initializer_range=1e-10,
     ),
-    # Same class, Shapes-sized: 64 px images, 8 px patches -> 64 patch tokens + CLS.
+    # Shapes-sized: 64 px images, 8 px patches -> 64 patch tokens + CLS. The real initializer_range (1e-10)
+    # assumes pretrained weights; the tiny ViT is trained from scratch.
     "eva-vit-tiny": dict(
-        hidden_size=96,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=64,
-        patch_size=8,
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        attention_dropout=0.0,
-        qkv_bias=True,
-        initializer_range=0.02,  # the real default (1e-10) assumes pretrained weights; we train from scratch
+        _EVA_VIT, hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        image_size=64, patch_size=8, initializer_range=0.02,
     ),
-}
+}  # fmt: skip
 
 # LlamaConfig keyword arguments. TinyLlama-1.1B-Chat-v1.0's config.json (public model card / Hub file):
 # hidden 2048, 22 layers, 32 heads, 4 KV heads (GQA), SwiGLU 5632, vocab 32000, RoPE theta 10000, RMSNorm eps
-# 1e-5, 2048 positions, untied output embedding, BOS 1 / EOS 2. 1,100,048,384 parameters.
+# 1e-5, 2048 positions, untied output embedding, BOS 1 / EOS 2. 1,100,048,384 parameters. The tiny preset
+# changes only the sizes.
+_LLAMA = dict(
+    rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False, bos_token_id=1,
+    eos_token_id=2, attention_bias=False,
+)  # fmt: skip
 LLM_PRESETS: dict[str, dict[str, Any]] = {
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": dict(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        vocab_size=32000,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        attention_bias=False,
+        _LLAMA, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
     ),
-    # Same class at Shapes size; its BPE tokenizer has at most 512 entries (train/pretrain_tiny_lm.py).
+    # Shapes-sized; its BPE tokenizer has at most 512 entries (train/pretrain_tiny_lm.py).
     "tiny-llama-shapes": dict(
-        hidden_size=128,
-        intermediate_size=352,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=128,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        hidden_act="silu",
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        attention_bias=False,
+        _LLAMA, hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=512, max_position_embeddings=128,
     ),
-}
+}  # fmt: skip
 
 # Keys of Salesforce/blip2-itm-vit-g's model.safetensors and what each model does with them. Every checkpoint
 # key is either used (copied under the same name) or listed as unused here; anything else is an error.
