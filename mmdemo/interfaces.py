@@ -63,16 +63,43 @@ class CaptionRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
     profile: str = "full"
+    candidates: int = 1  # captions to return with their scores (1..MAX_CANDIDATES), checked by mmdemo.inputs
+
+
+MAX_CANDIDATES = 5
+
+
+@dataclass
+class CaptionCandidate:
+    """One candidate caption and how likely the model finds it.
+
+    ``mean_logprob``: the mean natural-log probability per token of the caption and its end mark, from one
+    teacher-forced pass of the caption through the decoder (the model's own distribution: no beam length
+    penalty, no repetition penalty). ``match``: an image-text match probability where the model has such a
+    head loaded, else ``None``.
+    """
+
+    caption: str
+    mean_logprob: float
+    match: float | None = None
 
 
 @dataclass
 class CaptionResult:
-    """One caption and how it was made."""
+    """One caption and how it was made.
+
+    ``candidates``: the caption and up to ``request.candidates - 1`` alternatives (beam search n-best), best
+    ``mean_logprob`` first. ``tokens`` / ``attention``: filled by :meth:`Captioner.attend` only: the caption's
+    words and, per word, where the model looked (an array ``(words, rows, cols)``, each map summing to 1).
+    """
 
     caption: str
     settings: dict[str, Any] = field(default_factory=dict)  # the decoding options used
     notices: list[str] = field(default_factory=list)
     seconds: float | None = None  # the batch's time divided by its size
+    candidates: list[CaptionCandidate] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    attention: Any = None  # numpy array (words, rows, cols) or None
 
 
 @dataclass(frozen=True)
@@ -123,11 +150,12 @@ class Captioner(ModelFamily, ABC):
     def load(cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None) -> Captioner:
         """Build the model and fill it from ``weights`` (strictly: every parameter, every key)."""
 
-    def caption(self, images: list[Any], **options: Any) -> list[CaptionResult]:
+    def caption(self, images: list[Any], *, candidates: int = 1, **options: Any) -> list[CaptionResult]:
         """One result per image (RGB PIL images of any size, or anything :func:`mmdemo.inputs.load_image` reads).
 
         ``options`` are checked against the model's declared options (an unknown one becomes a notice, an
-        out-of-range one an :class:`~mmdemo.inputs.InputError`).
+        out-of-range one an :class:`~mmdemo.inputs.InputError`); ``candidates`` (1 to ``MAX_CANDIDATES``) is how
+        many scored captions each result carries.
         """
         from mmdemo.inputs import InputError, caption_request
 
@@ -135,7 +163,8 @@ class Captioner(ModelFamily, ABC):
             images = [images]
         if not images:
             raise InputError("No image was given: upload, paste or pick an example image.")
-        return self.run(list(images), caption_request(self.spec, options, profile=self.weights.profile))
+        request = caption_request(self.spec, options, profile=self.weights.profile, candidates=candidates)
+        return self.run(list(images), request)
 
     def run(self, images: list[Any], request: CaptionRequest) -> list[CaptionResult]:
         """Caption ``images`` under a checked request; adds the request's notices and the time per image."""
@@ -150,6 +179,16 @@ class Captioner(ModelFamily, ABC):
     @abstractmethod
     def describe(self, images: list[Any], request: CaptionRequest) -> list[CaptionResult]:
         """One :class:`CaptionResult` per image, decoded with ``request.options`` (already checked)."""
+
+    # What :meth:`attend`'s maps are, in words; empty when the model cannot say where it looked.
+    attention_note: str = ""
+
+    def attend(self, image: Any, caption: str | None = None) -> CaptionResult:
+        """Where the model looked for each word of ``caption`` (blank: its own default caption of ``image``).
+
+        Returns a result with ``tokens`` (the words) and ``attention`` (one map per word over the image grid).
+        """
+        raise NotImplementedError(f"{self.spec.display_name} does not show where it looked")
 
     def to(self, device: str) -> Captioner:
         """Move to ``device`` (used by the model manager to offload); a no-op by default."""

@@ -241,48 +241,99 @@ def _fixed_size(side: int) -> dict[str, str]:
 _POSITIVE = r"(?=\d*\.?\d*[1-9])(?:\d+\.?\d*|\.\d+)"
 
 _XATTN_DECODER = dict(d_model=512, num_layers=6, num_heads=8, ff_dim=2048, dropout=0.1, max_len=50)
+_XATTN_TINY_DECODER = dict(d_model=128, num_layers=2, num_heads=4, ff_dim=256, dropout=0.1, max_len=32)
+
+
+def _xattn_captioner(model_id: str, vision: HubFiles, *, full: dict[str, Any], tiny_vision: str,
+                     **fields: Any) -> ModelSpec:
+    """A cross-attention captioner: ``vision`` is its frozen encoder's source, ``full`` its vision settings
+    (and decoder width) over the report's decoder; the decoder, options and our checkpoint are shared."""
+    return ModelSpec(
+        id=model_id,
+        kind="captioner",
+        full_config={**_XATTN_DECODER, **full},
+        tiny_config=dict(vision=tiny_vision, **_XATTN_TINY_DECODER),
+        sources=(vision, _own(model_id, "model.safetensors", "config.json", "vocab.json", name="captioner")),
+        options=_xattn_options(_XATTN_DECODER["max_len"]),
+        demo_options={_MAX_NEW_TOKENS: dict(default=31, maximum=31)},  # the tiny decoder's max_len 32
+        **fields,
+    )
+
+
+# SDXL base and SDXL + LoRA run the same pipeline from the same files with the same settings.
+_SDXL_PIPELINE = dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", resolution=1024,
+                      vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix")
+_SDXL_TINY_PIPELINE = dict(pipeline="tiny-sdxl-shapes", resolution=32, vae_fp16_fix=None)
+_SDXL_FILES = ("model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*", "unet/config.json",
+               "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+               "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/config.json",
+               "text_encoder/model.fp16.safetensors", "text_encoder_2/config.json",
+               "text_encoder_2/model.fp16.safetensors")
+
+
+def _sdxl_generator(model_id: str, role: str, *, full: dict[str, Any], tiny: dict[str, Any],
+                    more_sources: tuple[HubFiles, ...] = (), **fields: Any) -> ModelSpec:
+    """An SDXL model: the base pipeline's files (``role``: what they are to this model) then ``more_sources``,
+    its config (``full`` and ``tiny`` add to it), report settings and options."""
+    return ModelSpec(
+        id=model_id,
+        kind="generator",
+        # vae_fp16_fix: optional, used on CUDA when its files are local or downloadable (not a required source).
+        full_config={**_SDXL_PIPELINE, **full},
+        tiny_config={**_SDXL_TINY_PIPELINE, **tiny},
+        sources=(HubFiles("stabilityai/stable-diffusion-xl-base-1.0", _SDXL_FILES, name="pipeline", role=role),
+                 *more_sources),
+        report=ReportNumbers(settings="1024x1024, guidance 5.0, Euler, 100 steps"),
+        options=(_steps(25, 100), _guidance(5.0), _side("width", 1024, 2048), _side("height", 1024, 2048)),
+        demo_options=dict(width=_demo_side("width"), height=_demo_side("height")),
+        **fields,
+    )
+
+
+def _our_diffusion(model_id: str, text_encoder: HubFiles, *, steps: tuple[int, int], side: int,
+                   **fields: Any) -> ModelSpec:
+    """Our pixel or latent diffusion: a frozen ``text_encoder`` (its folder also serves the tokenizer) and our
+    checkpoint, which in the demo holds both; ``steps``: the fast and report presets' step counts; ``side``: the
+    one picture size it draws. The report sampled without guidance (guidance 1.0); "fast" uses ours."""
+    return ModelSpec(
+        id=model_id,
+        kind="generator",
+        sources=(text_encoder, _own(model_id, "model.safetensors", "config.json", name="model")),
+        demo_layout=dict(model=".", text_encoder="text_encoder", tokenizer="tokenizer"),
+        options=(_steps(*steps), _guidance(3.0, report=1.0)),
+        absent=_fixed_size(side),
+        gpu_cost=GpuCost(per_step=0.01),
+        **fields,
+    )
+
 
 _SPECS: tuple[ModelSpec, ...] = (
     # ---------------------------------------------------------------- image -> text
-    ModelSpec(
-        id="resnet18-xattn",
+    _xattn_captioner(
+        "resnet18-xattn",
+        # torchvision's own download (resnet18-f37072fd.pth, same keys) is accepted in the local folder.
+        HubFiles("timm/resnet18.tv_in1k", ("model.safetensors|resnet18-f37072fd.pth",), name="vision",
+                 role="ImageNet ResNet-18 (torchvision IMAGENET1K_V1)"),
+        full=dict(vision="resnet18"),
+        tiny_vision="resnet18-tiny",
         display_name="ResNet-18 + cross-attention decoder",
-        kind="captioner",
         adapter="mmdemo.captioners.xattn:ResNet18XAttnCaptioner",
-        full_config=dict(vision="resnet18", **_XATTN_DECODER),
-        tiny_config=dict(vision="resnet18-tiny", d_model=128, num_layers=2, num_heads=4, ff_dim=256,
-                         dropout=0.1, max_len=32),
-        sources=(
-            # torchvision's own download (resnet18-f37072fd.pth, same keys) is accepted in the local folder.
-            HubFiles("timm/resnet18.tv_in1k", ("model.safetensors|resnet18-f37072fd.pth",), name="vision",
-                     role="ImageNet ResNet-18 (torchvision IMAGENET1K_V1)"),
-            _own("resnet18-xattn", "model.safetensors", "config.json", "vocab.json", name="captioner"),
-        ),
         licence="BSD-3-Clause (torchvision weights); ours: MIT",
         description="Frozen ResNet-18 conv trunk, 7x7x512 map as 49 tokens, 6-layer Transformer decoder.",
         report=ReportNumbers(34.2e6, 21.5e6, (22.7, 13.9, 8.7, 5.2)),
-        options=_xattn_options(_XATTN_DECODER["max_len"]),
-        demo_options={_MAX_NEW_TOKENS: dict(default=31, maximum=31)},  # the tiny decoder's max_len 32
     ),
-    ModelSpec(
-        id="clipb32-xattn",
+    _xattn_captioner(
+        "clipb32-xattn",
+        HubFiles("timm/vit_base_patch32_clip_224.openai",
+                 ("open_clip_model.safetensors|open_clip_pytorch_model.bin",), name="vision",
+                 role="open_clip ViT-B-32 (openai)"),
+        full=dict(vision="clip-vit-b-32", clip_pretrained="openai", d_model=768),
+        tiny_vision="clip-vit-tiny",
         display_name="CLIP ViT-B/32 + cross-attention decoder",
-        kind="captioner",
         adapter="mmdemo.captioners.xattn:ClipB32XAttnCaptioner",
-        full_config=dict(vision="clip-vit-b-32", clip_pretrained="openai", **{**_XATTN_DECODER, "d_model": 768}),
-        tiny_config=dict(vision="clip-vit-tiny", d_model=128, num_layers=2, num_heads=4, ff_dim=256,
-                         dropout=0.1, max_len=32),
-        sources=(
-            HubFiles("timm/vit_base_patch32_clip_224.openai",
-                     ("open_clip_model.safetensors|open_clip_pytorch_model.bin",), name="vision",
-                     role="open_clip ViT-B-32 (openai)"),
-            _own("clipb32-xattn", "model.safetensors", "config.json", "vocab.json", name="captioner"),
-        ),
         licence="MIT (OpenAI CLIP); ours: MIT",
         description="Frozen CLIP ViT-B/32 token outputs, Linear to 768, 6-layer Transformer decoder.",
         report=ReportNumbers(108e6, 21.5e6, (23.3, 15.5, 10.2, 6.2)),
-        options=_xattn_options(_XATTN_DECODER["max_len"]),
-        demo_options={_MAX_NEW_TOKENS: dict(default=31, maximum=31)},  # the tiny decoder's max_len 32
     ),
     ModelSpec(
         id="qformer-bert",
@@ -343,56 +394,29 @@ _SPECS: tuple[ModelSpec, ...] = (
         ),
     ),
     # ---------------------------------------------------------------- text -> image
-    ModelSpec(
-        id="sdxl-base",
+    _sdxl_generator(
+        "sdxl-base",
+        "SDXL base pipeline (fp16 files)",
+        full={},
+        tiny={},
         display_name="SDXL base 1.0",
-        kind="generator",
         adapter="mmdemo.generators.sdxl:SDXLGenerator",
-        # vae_fp16_fix: optional, used on CUDA when its files are local or downloadable (not a required source).
-        full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", resolution=1024,
-                         vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix"),
-        tiny_config=dict(pipeline="tiny-sdxl-shapes", resolution=32, vae_fp16_fix=None),
-        sources=(
-            HubFiles("stabilityai/stable-diffusion-xl-base-1.0",
-                     ("model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*", "unet/config.json",
-                      "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
-                      "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/config.json",
-                      "text_encoder/model.fp16.safetensors", "text_encoder_2/config.json",
-                      "text_encoder_2/model.fp16.safetensors"),
-                     name="pipeline", role="SDXL base pipeline (fp16 files)"),
-        ),
         licence="CreativeML Open RAIL++-M",
         description="Stable Diffusion XL base 1.0 through diffusers, fp16 on GPU.",
-        report=ReportNumbers(settings="1024x1024, guidance 5.0, Euler, 100 steps"),
-        options=(_steps(25, 100), _guidance(5.0), _side("width", 1024, 2048), _side("height", 1024, 2048)),
-        demo_options=dict(width=_demo_side("width"), height=_demo_side("height")),
         gpu_cost=GpuCost(per_step=0.08),
     ),
-    ModelSpec(
-        id="sdxl-lora",
+    _sdxl_generator(
+        "sdxl-lora",
+        "SDXL base pipeline (fp16 files), shared with sdxl-base",
+        full=dict(lora_rank=128),
+        tiny=dict(lora_rank=8),
+        more_sources=(_own("sdxl-lora", "pytorch_lora_weights.safetensors", "config.json", name="lora",
+                           entry="pytorch_lora_weights.safetensors"),),
         display_name="SDXL + our Flickr8k LoRA",
-        kind="generator",
         adapter="mmdemo.generators.sdxl:SDXLLoRAGenerator",
-        full_config=dict(pipeline="stabilityai/stable-diffusion-xl-base-1.0", lora_rank=128, resolution=1024,
-                         vae_fp16_fix="madebyollin/sdxl-vae-fp16-fix"),
-        tiny_config=dict(pipeline="tiny-sdxl-shapes", lora_rank=8, resolution=32, vae_fp16_fix=None),
-        sources=(
-            HubFiles("stabilityai/stable-diffusion-xl-base-1.0",
-                     ("model_index.json", "scheduler/*.json", "tokenizer/*", "tokenizer_2/*", "unet/config.json",
-                      "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
-                      "vae/diffusion_pytorch_model.fp16.safetensors", "text_encoder/config.json",
-                      "text_encoder/model.fp16.safetensors", "text_encoder_2/config.json",
-                      "text_encoder_2/model.fp16.safetensors"),
-                     name="pipeline", role="SDXL base pipeline (fp16 files), shared with sdxl-base"),
-            _own("sdxl-lora", "pytorch_lora_weights.safetensors", "config.json", name="lora",
-                 entry="pytorch_lora_weights.safetensors"),
-        ),
         licence="CreativeML Open RAIL++-M (base); ours: MIT",
         demo_layout=dict(pipeline="../sdxl-base", lora="pytorch_lora_weights.safetensors"),
         description="The same SDXL pipeline with our rank-128 LoRA trained on the Flickr8k LoRA split.",
-        report=ReportNumbers(settings="1024x1024, guidance 5.0, Euler, 100 steps"),
-        options=(_steps(25, 100), _guidance(5.0), _side("width", 1024, 2048), _side("height", 1024, 2048)),
-        demo_options=dict(width=_demo_side("width"), height=_demo_side("height")),
         gpu_cost=GpuCost(per_step=0.09),
     ),
     ModelSpec(
@@ -450,10 +474,14 @@ _SPECS: tuple[ModelSpec, ...] = (
         absent=dict(steps="it has no step count (the pixel budget sets the number of scales)"),
         gpu_cost=GpuCost(fixed=22.0),
     ),
-    ModelSpec(
-        id="pixel-diffusion",
+    _our_diffusion(
+        "pixel-diffusion",
+        HubFiles("google-bert/bert-base-uncased", ("model.safetensors", "config.json", "vocab.txt",
+                 "tokenizer_config.json", "tokenizer.json"), name="text_encoder", also=("tokenizer",),
+                 role="frozen BERT text encoder"),
+        steps=(20, 100),
+        side=128,
         display_name="Our pixel-space diffusion",
-        kind="generator",
         adapter="mmdemo.generators.pixel_diffusion:PixelDiffusionGenerator",
         # The report's UNet listing; it trained and sampled at 128 px (its sample_size=64 is metadata only).
         full_config=dict(sample_size=128, block_out_channels=(64, 128, 256, 256), layers_per_block=2,
@@ -472,25 +500,21 @@ _SPECS: tuple[ModelSpec, ...] = (
                                                   num_attention_heads=4, intermediate_size=128,
                                                   max_position_embeddings=32),
                          text_max_length=24, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
-        sources=(
-            HubFiles("google-bert/bert-base-uncased", ("model.safetensors", "config.json", "vocab.txt",
-                     "tokenizer_config.json", "tokenizer.json"), name="text_encoder", also=("tokenizer",),
-                     role="frozen BERT text encoder"),
-            _own("pixel-diffusion", "model.safetensors", "config.json", name="model"),
-        ),
         licence="Apache-2.0 (BERT); ours: MIT",
-        demo_layout=dict(model=".", text_encoder="text_encoder", tokenizer="tokenizer"),
         description="diffusers UNet2DConditionModel on 128x128 pixels, frozen BERT + trainable projection.",
+        # The report's model had no condition dropout, hence no guidance.
         report=ReportNumbers(settings="DDPM, 1000 train steps, 100 sampling steps, no guidance"),
-        # The report sampled without guidance (its model had no condition dropout); "fast" uses ours.
-        options=(_steps(20, 100), _guidance(3.0, report=1.0)),
-        absent=_fixed_size(128),
-        gpu_cost=GpuCost(per_step=0.01),
     ),
-    ModelSpec(
-        id="latent-diffusion",
+    _our_diffusion(
+        "latent-diffusion",
+        # The repo's main branch has only pytorch_model.bin (transformers reads it with
+        # torch.load(weights_only=True)); a mirror holding model.safetensors is used as it is.
+        HubFiles("openai/clip-vit-base-patch16", ("model.safetensors|pytorch_model.bin", "config.json",
+                 "vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"),
+                 name="text_encoder", also=("tokenizer",), role="frozen CLIP text encoder"),
+        steps=(25, 1000),
+        side=256,
         display_name="Our VQ-VAE latent diffusion",
-        kind="generator",
         adapter="mmdemo.generators.latent_diffusion:LatentDiffusionGenerator",
         # The report's own VQ-VAE (22.0M) and latent UNet (118.5M), as its code configures them.
         full_config=dict(image_size=256, architecture="report", num_vq_embeddings=8192, latent_channels=4, downsample=8,
@@ -514,22 +538,10 @@ _SPECS: tuple[ModelSpec, ...] = (
                                                   max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
                                                   pad_token_id=1),
                          text_max_length=32, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
-        sources=(
-            # The repo's main branch has only pytorch_model.bin (transformers reads it with
-            # torch.load(weights_only=True)); a mirror holding model.safetensors is used as it is.
-            HubFiles("openai/clip-vit-base-patch16", ("model.safetensors|pytorch_model.bin", "config.json",
-                     "vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"),
-                     name="text_encoder", also=("tokenizer",), role="frozen CLIP text encoder"),
-            _own("latent-diffusion", "model.safetensors", "config.json", name="model"),
-        ),
         licence="MIT (CLIP); ours: MIT",
-        demo_layout=dict(model=".", text_encoder="text_encoder", tokenizer="tokenizer"),
         description="VQ-VAE (8192x4 codebook, /8) + latent UNet with cross-attention to CLIP text.",
+        # The report sampled with cf_guidance_scale 1.0, i.e. without guidance.
         report=ReportNumbers(settings="T=1000 scaled-linear betas, 1000 DDPM sampling steps, no guidance"),
-        # The report sampled with cf_guidance_scale 1.0, i.e. without guidance; "fast" uses ours.
-        options=(_steps(25, 1000), _guidance(3.0, report=1.0)),
-        absent=_fixed_size(256),
-        gpu_cost=GpuCost(per_step=0.01),
     ),
 )
 
