@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmdemo.interfaces import PRESETS, CaptionRequest, GenerationRequest
+from mmdemo.interfaces import MAX_CANDIDATES, PRESETS, CaptionRequest, GenerationRequest
 
 if TYPE_CHECKING:
     from mmdemo.registry import ModelSpec, Option
@@ -240,11 +240,32 @@ def check_generation(
     return generation_request(spec, common, options, profile=profile, device=device)
 
 
-def caption_request(spec: ModelSpec, options: Mapping[str, Any] | None, *, profile: str) -> CaptionRequest:
-    """The typed decoding request for ``spec``: every declared option, given or default."""
+def check_candidates(value: Any) -> int:
+    """How many scored captions per captioner: blank is 1, else a whole number from 1 to ``MAX_CANDIDATES``."""
+    if is_blank(value):
+        return 1
+    requirement = f"a whole number from 1 to {MAX_CANDIDATES}"
+    if isinstance(value, bool):
+        raise InputError(f"candidates must be {requirement}, got {value!r}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"candidates must be {requirement}, got {value!r}.") from None
+    if not math.isfinite(number) or not number.is_integer() or not 1 <= number <= MAX_CANDIDATES:
+        raise InputError(f"candidates must be {requirement}, got {value!r}.")
+    return int(number)
+
+
+def caption_request(
+    spec: ModelSpec, options: Mapping[str, Any] | None, *, profile: str, candidates: Any = 1
+) -> CaptionRequest:
+    """The typed decoding request for ``spec``: every declared option, given or default; ``candidates`` checked."""
     checked = check_options(spec, options, profile=profile)
     values = {**spec.option_defaults(profile), **checked.value}
-    return CaptionRequest(model=spec.id, options=values, notices=tuple(checked.notices), profile=profile)
+    return CaptionRequest(
+        model=spec.id, options=values, notices=tuple(checked.notices), profile=profile,
+        candidates=check_candidates(candidates),
+    )  # fmt: skip
 
 
 def _as_number(value: Any, what: str) -> float:

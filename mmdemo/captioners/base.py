@@ -70,14 +70,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from PIL import Image
 
-from mmdemo.interfaces import Captioner, CaptionRequest, CaptionResult
+from mmdemo.interfaces import CaptionCandidate, Captioner, CaptionRequest, CaptionResult
 
 if TYPE_CHECKING:
     from mmdemo.registry import ModelSpec
@@ -287,6 +287,106 @@ class CaptionNetwork(torch.nn.Module):
     def post_load(self) -> None:
         """Recompute non-persistent buffers after weights were loaded into an ``empty`` network."""
 
+    # ----------------------------------------------------------------- candidates and attention maps
+    # What attention_maps shows, in words for the user; empty when the family offers no maps.
+    attention_note: ClassVar[str] = ""
+
+    @torch.no_grad()
+    def generate_candidates(self, features: Features, n: int, **options: Any) -> list[list[str]]:
+        """Up to ``n`` captions per image, best first (the family's n-best); by default its one caption."""
+        return [[caption] for caption in self.generate(features, **options)]
+
+    @torch.no_grad()
+    def caption_logprobs(self, features: Features, captions: list[str]) -> list[float]:
+        """Mean log-probability per token of ``captions[i]`` (its tokens and end mark) given row ``i`` of
+        ``features``, from one teacher-forced pass: the model's own distribution, no decoding penalties."""
+        raise NotImplementedError(f"{type(self).__name__} does not score captions")
+
+    @torch.no_grad()
+    def attention_maps(self, features: Features, captions: list[str]) -> list[tuple[list[str], torch.Tensor]]:
+        """Per caption: its words and, per word, a map ``(rows, cols)`` over the image grid summing to 1
+        (``attention_note`` says what it is)."""
+        raise NotImplementedError(f"{type(self).__name__} does not show where it looked")
+
+
+def beam_search(
+    step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    start: torch.Tensor,
+    *,
+    beams: int,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    length_penalty: float = 1.0,
+    num_return: int = 1,
+) -> torch.Tensor:
+    """Batched beam search; each image's ``num_return`` best beams, best length-normalised score first.
+
+    ``start``: (B, 1) first tokens. ``step(tokens, origin)`` gets the beams so far, (B * beams, T), and the rows of
+    the previous step's beams they continue (``None`` at the first step: a family with a cache reorders it by
+    ``origin``), and returns next-token log-probabilities (B * beams, vocab), forbidden tokens at ``-inf``.
+    Scores are summed log-probabilities divided by length (words + end mark) to ``length_penalty``. Returns
+    (B * num_return, 1 + steps) ids, ``pad_id`` after each sequence's first ``eos_id``.
+    """
+    b, k, device = start.shape[0], beams, start.device
+    tokens = start.repeat_interleave(k, 0)
+    scores = torch.full((b, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
+    ended = torch.zeros(b * k, dtype=torch.bool, device=device)
+    lengths = torch.zeros(b * k, device=device)
+    origin: torch.Tensor | None = None
+    for _ in range(max_new_tokens):
+        logp = step(tokens, origin).float()
+        # An ended beam continues only with its end mark at no cost, so it keeps its score and its place.
+        logp[ended] = float("-inf")
+        logp[ended, eos_id] = 0.0
+        vocab_size = logp.shape[-1]
+        total = (scores.view(-1, 1) + logp).view(b, k * vocab_size)
+        scores, flat = total.topk(k, dim=-1)  # (B, K)
+        origin = (flat // vocab_size + torch.arange(b, device=device)[:, None] * k).view(-1)
+        next_ids = (flat % vocab_size).view(-1)
+        tokens = torch.cat([tokens[origin], next_ids[:, None]], dim=1)
+        lengths = lengths[origin] + (~ended[origin]).float()
+        ended = ended[origin] | (next_ids == eos_id)
+        if ended.all():
+            break
+    normalised = (scores.view(-1) / lengths.clamp(min=1) ** length_penalty).view(b, k)
+    order = normalised.argsort(dim=-1, descending=True, stable=True)[:, :num_return]
+    out = tokens[(order + torch.arange(b, device=device)[:, None] * k).view(-1)]
+    is_eos = (out == eos_id).long()
+    return out.masked_fill(is_eos.cumsum(1) - is_eos > 0, pad_id)  # after the first end mark only padding
+
+
+def mean_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """Per row, the mean log-softmax probability of ``targets`` where ``mask`` is true; (B, T, V), (B, T), (B, T)."""
+    logp = logits.float().log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    mask = mask.to(logp.dtype)
+    return ((logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+
+
+def words_from_pieces(
+    caption: str, offsets: list[tuple[int, int]], maps: torch.Tensor
+) -> tuple[list[str], torch.Tensor]:
+    """Group sub-word maps into whitespace words of ``caption``: a word's map is the mean of its pieces' maps.
+
+    ``offsets``: each piece's character span in ``caption`` (a tokenizer's offset mapping); pieces with an
+    empty span (special tokens, the end mark) are dropped. Returns the words and ``(words, rows, cols)``.
+    """
+    spans, start = [], 0
+    for word in caption.split():
+        start = caption.index(word, start)
+        spans.append((word, start, start + len(word)))
+        start += len(word)
+    words, grouped = [], []
+    for word, begin, end in spans:
+        pieces = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > begin]
+        if pieces:
+            words.append(word)
+            grouped.append(maps[pieces].mean(0))
+    if not grouped:
+        return [], maps.new_zeros((0, *maps.shape[1:]))
+    return words, torch.stack(grouped)
+
 
 class CaptionerAdapter(Captioner):
     """The uniform :class:`~mmdemo.interfaces.Captioner` on top of a :class:`CaptionNetwork`.
@@ -342,11 +442,51 @@ class CaptionerAdapter(Captioner):
         decoding = dict(request.options)
         batch_size = decoding.pop("batch_size")
         rgb = [load_image(image).value for image in images]
-        captions: list[str] = []
+        results: list[CaptionResult] = []
         self.network.eval()
         with torch.inference_mode():
             for start in range(0, len(rgb), batch_size):
                 pixels = self.network.preprocess(rgb[start : start + batch_size]).to(self.device)
                 features = self.network.encode_images(pixels)
-                captions.extend(self.network.generate(features, **decoding))
-        return [CaptionResult(caption, settings=dict(decoding)) for caption in captions]
+                captions = self.network.generate(features, **decoding)
+                candidates = self._candidates(features, captions, request.candidates, decoding)
+                results += [
+                    CaptionResult(caption, settings=dict(decoding), candidates=scored)
+                    for caption, scored in zip(captions, candidates)
+                ]
+        return results
+
+    def _candidates(
+        self, features: Features, captions: list[str], n: int, decoding: dict[str, Any]
+    ) -> list[list[CaptionCandidate]]:
+        """Per image: its caption and the best ``n - 1`` other n-best captions, each scored, best score first."""
+        pools = [[caption] for caption in captions]
+        if n > 1:
+            for pool, alternatives in zip(pools, self.network.generate_candidates(features, n, **decoding)):
+                pool += [c for c in dict.fromkeys(alternatives) if c not in pool][: n - 1]
+        rows = torch.tensor([i for i, pool in enumerate(pools) for _ in pool])
+        flat = [caption for pool in pools for caption in pool]
+        scores = iter(self.network.caption_logprobs(features_index(features, rows.to(self.device)), flat))
+        scored = [[CaptionCandidate(caption, float(next(scores))) for caption in pool] for pool in pools]
+        return [sorted(pool, key=lambda c: -c.mean_logprob) for pool in scored]
+
+    @property
+    def attention_note(self) -> str:  # type: ignore[override]
+        return self.network_class.attention_note
+
+    def attend(self, image: Any, caption: str | None = None) -> CaptionResult:
+        """Where the network looked for each word (see :meth:`CaptionNetwork.attention_maps`)."""
+        from mmdemo.inputs import caption_request, load_image
+
+        if not self.attention_note:
+            return super().attend(image, caption)
+        rgb = load_image(image).value
+        self.network.eval()
+        with torch.inference_mode():
+            features = self.network.encode_images(self.network.preprocess([rgb]).to(self.device))
+            if caption is None or not caption.strip():
+                decoding = dict(caption_request(self.spec, {}, profile=self.weights.profile).options)
+                decoding.pop("batch_size")
+                caption = self.network.generate(features, **decoding)[0]
+            words, maps = self.network.attention_maps(features, [caption.strip()])[0]
+        return CaptionResult(caption.strip(), tokens=words, attention=maps.float().cpu().numpy())

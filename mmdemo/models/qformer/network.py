@@ -26,11 +26,13 @@ BERT vocabulary with :func:`build_shapes_wordpiece`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdemo.captioners.base import CaptionNetwork, TrainingInit
+from mmdemo.captioners.base import (
+    CaptionNetwork,
+    TrainingInit,
+    beam_search,
+    mean_token_logprobs,
+    words_from_pieces,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -319,6 +327,28 @@ def _reject_unknown(family: str, options: dict[str, Any]) -> None:
         raise ValueError(f"{family} does not know the decoding option(s) {sorted(options)}")
 
 
+@contextlib.contextmanager
+def _eager_attention(*models: Any) -> Iterator[None]:
+    """Run transformers ``models`` with written-out attention, the only kind that returns its weights."""
+    before = [model.config._attn_implementation for model in models]
+    for model in models:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        for model, implementation in zip(models, before):
+            model.set_attn_implementation(implementation)
+
+
+def _maps_through_queries(to_queries: torch.Tensor, query_to_patches: torch.Tensor) -> torch.Tensor:
+    """(T, Q) attention of each text position to the queries, renormalised over the queries, times (Q, P)
+    query-to-patch attention: (T, rows, cols), each map summing to 1."""
+    weights = to_queries / to_queries.sum(-1, keepdim=True).clamp(min=1e-12)
+    maps = weights @ query_to_patches
+    side = math.isqrt(maps.shape[-1])
+    return maps.reshape(maps.shape[0], side, side)
+
+
 # ---------------------------------------------------------------------------------------------- networks
 
 
@@ -448,6 +478,24 @@ class _QFormerNetwork(CaptionNetwork):
         """The Q-Former's output for the learned queries alone, (B, Q, qformer width)."""
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         return self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds).last_hidden_state
+
+    def query_patch_attention(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Each query's cross-attention over the image patches, (B, Q, patches): the weights averaged over the
+        heads of every cross-attention layer, the ViT's CLS token left out and the rest renormalised. The
+        queries attend to no text, so this is the same in a pass with or without a caption."""
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        with _eager_attention(self.qformer):
+            out = self.qformer(query_embeds=queries, encoder_hidden_states=image_embeds, output_attentions=True)
+        crossed = [a for a in out.cross_attentions if a.shape[-1] == image_embeds.shape[1]]
+        patches = torch.stack(crossed).float().mean(dim=(0, 2))[..., 1:]  # (B, Q, P)
+        return patches / patches.sum(-1, keepdim=True).clamp(min=1e-12)
+
+    def _caption_pieces(self, caption: str, suffix: str = "") -> list[tuple[int, int]]:
+        """Character spans of the tokenizer's pieces of ``caption + suffix``, no special tokens."""
+        encoded = self._require_tokenizer()(
+            caption + suffix, add_special_tokens=False, return_offsets_mapping=True
+        )
+        return [tuple(span) for span in encoded["offset_mapping"]]
 
     # -- tokenizer
     def attach_tokenizer(self, tokenizer: Any) -> None:
@@ -633,6 +681,70 @@ class QFormerBertNetwork(_QFormerNetwork):
         )
         return [text.strip() for text in texts]
 
+    # -- candidates and attention maps
+    attention_note = (
+        "The Q-Former's query-to-patch cross-attention (heads and cross-attention layers averaged), weighted by "
+        "how much the text position that wrote the word attended to each query (heads and layers averaged), "
+        "over the ViT's patch grid; a word of several pieces shows the mean of its pieces' maps."
+    )
+
+    @torch.no_grad()
+    def generate_candidates(
+        self, features: torch.Tensor, n: int, max_new_tokens: int = 30, num_beams: int = 1
+    ) -> list[list[str]]:
+        """Beam search n-best with ``n`` beams (the single caption stays greedy), each image's ``n`` best."""
+        steps = _check_max_new_tokens(max_new_tokens, self.config.max_text_positions - 1)
+        tokenizer = self._require_tokenizer()
+        image_embeds = self.image_embeds(features)
+        beams = max(n, 2)
+        repeated = image_embeds.repeat_interleave(beams, 0)
+        never = [self.dec_token_id, tokenizer.pad_token_id, tokenizer.cls_token_id]
+
+        def step(ids: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
+            logits = self.text_logits(repeated, ids, torch.ones_like(ids))[:, -1].float()
+            logits[:, never] = float("-inf")
+            return logits.log_softmax(-1)
+
+        start = torch.full((image_embeds.shape[0], 1), self.dec_token_id, dtype=torch.long, device=repeated.device)
+        ids = beam_search(
+            step, start, beams=beams, max_new_tokens=steps, eos_id=tokenizer.sep_token_id,
+            pad_id=tokenizer.pad_token_id, num_return=n,
+        )  # fmt: skip
+        texts = tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        texts = [text.strip() for text in texts]
+        return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    @torch.no_grad()
+    def caption_logprobs(self, features: torch.Tensor, captions: list[str]) -> list[float]:
+        input_ids, text_mask = self.encode_captions(captions)
+        logits = self.text_logits(self.image_embeds(features), input_ids, text_mask)
+        return mean_token_logprobs(logits[:, :-1], input_ids[:, 1:], text_mask[:, 1:].bool())
+
+    @torch.no_grad()
+    def attention_maps(self, features: torch.Tensor, captions: list[str]) -> list[tuple[list[str], torch.Tensor]]:
+        image_embeds = self.image_embeds(features)
+        query_to_patches = self.query_patch_attention(image_embeds)
+        input_ids, text_mask = self.encode_captions(captions)
+        num_queries = self.config.num_query_tokens
+        queries = self.query_tokens.expand(input_ids.shape[0], -1, -1)
+        hidden = self.embeddings(input_ids=input_ids, query_embeds=queries)
+        with _eager_attention(self.qformer):
+            out = self.qformer(
+                query_embeds=hidden, query_length=num_queries, output_attentions=True,
+                attention_mask=image_grounded_text_mask(num_queries, text_mask, hidden.dtype),
+                encoder_hidden_states=image_embeds,
+            )  # fmt: skip
+        # Text position t ([DEC] w1 ..) wrote piece t + 1; its attention to the queries, heads and layers averaged.
+        # (The recorded attentions include the cross-attention layers' own: keep the square self-attention ones.)
+        selfs = [a for a in out.attentions if a.shape[-2:] == (hidden.shape[1], hidden.shape[1])]
+        to_queries = torch.stack(selfs).float().mean(dim=(0, 2))[:, num_queries:, :num_queries]
+        result = []
+        for row, caption in enumerate(captions):
+            pieces = self._caption_pieces(caption)[: int(text_mask[row].sum()) - 2]
+            maps = _maps_through_queries(to_queries[row, : len(pieces)], query_to_patches[row])
+            result.append(words_from_pieces(caption, pieces, maps))
+        return result
+
 
 class QFormerLlamaNetwork(_QFormerNetwork):
     """``qformer-tinyllama``: fine-tuned Q-Former -> ``language_projection`` -> frozen ``LlamaForCausalLM``.
@@ -737,9 +849,10 @@ class QFormerLlamaNetwork(_QFormerNetwork):
         text = self.llm.get_input_embeddings()(fixed).to(projected.dtype)
         return torch.cat([text[None].expand(projected.shape[0], -1, -1), projected], dim=1)
 
-    def forward(self, features: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def caption_ids(self, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM's targets for ``captions``: each caption + "\n" (with a leading ``<s>`` in the report's
+        format), right-padded, and their mask, (B, T) each."""
         tokenizer = self._require_tokenizer()
-        prefix = self.prefix_embeds(features)
         report = self.config.prompt_format == "report"
         batch = tokenizer(
             [str(c).strip() + "\n" for c in captions],
@@ -749,10 +862,15 @@ class QFormerLlamaNetwork(_QFormerNetwork):
             max_length=self.config.max_caption_tokens - int(report),
             return_tensors="pt",
         )
-        ids, text_mask = batch["input_ids"].to(prefix.device), batch["attention_mask"].to(prefix.device)
+        ids, text_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         if report:  # the report's captions start with <s>, which is then a target like every other token
             ids = torch.cat([ids.new_full((len(ids), 1), tokenizer.bos_token_id), ids], dim=1)
             text_mask = torch.cat([text_mask.new_ones((len(ids), 1)), text_mask], dim=1)
+        return ids, text_mask
+
+    def forward(self, features: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        prefix = self.prefix_embeds(features)
+        ids, text_mask = self.caption_ids(captions, prefix.device)
         inputs = torch.cat([prefix, self.llm.get_input_embeddings()(ids).to(prefix.dtype)], dim=1)
         attention = torch.cat([text_mask.new_ones(prefix.shape[:2]), text_mask], dim=1)
         # The loss covers the caption and its closing "\n" (which teaches the stop), nothing before them.
@@ -795,6 +913,77 @@ class QFormerLlamaNetwork(_QFormerNetwork):
             )
         texts = tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return [first_sentence(text) for text in texts]
+
+    # -- candidates and attention maps
+    attention_note = (
+        "The Q-Former's query-to-patch cross-attention (heads and cross-attention layers averaged), weighted by "
+        "how much the language model attended to each query token at the step that wrote the word (heads and "
+        "layers averaged, renormalised over the queries), over the ViT's patch grid; a word of several pieces "
+        "shows the mean of its pieces' maps."
+    )
+
+    @torch.no_grad()
+    def generate_candidates(
+        self,
+        features: torch.Tensor,
+        n: int,
+        max_new_tokens: int = 30,
+        repetition_penalty: float = 1.5,
+        num_beams: int = 1,
+    ) -> list[list[str]]:
+        """transformers beam search with ``max(num_beams, n)`` beams returning ``n`` sequences per image, each
+        cut at its first sentence (so two beams can give one caption; the caller drops repeats)."""
+        tokenizer = self._require_tokenizer()
+        prefix = self.prefix_embeds(features)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*repetition_penalty.*")
+            out = self.llm.generate(
+                inputs_embeds=prefix,
+                attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
+                max_new_tokens=_check_max_new_tokens(max_new_tokens, 256),
+                do_sample=False,
+                num_beams=max(int(num_beams), n, 2),
+                num_return_sequences=n,
+                repetition_penalty=float(repetition_penalty),
+                eos_token_id=[self.newline_id, tokenizer.eos_token_id],
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        texts = [first_sentence(text) for text in texts]
+        return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    def _teacher_forced(self, features: torch.Tensor, captions: list[str], **kwargs: Any):
+        """One LLM pass over ``prompt, BOS, queries, caption + "\n"``: (output, prefix length, ids, mask)."""
+        prefix = self.prefix_embeds(features)
+        ids, text_mask = self.caption_ids(captions, prefix.device)
+        inputs = torch.cat([prefix, self.llm.get_input_embeddings()(ids).to(prefix.dtype)], dim=1)
+        attention = torch.cat([text_mask.new_ones(prefix.shape[:2]), text_mask], dim=1)
+        return self.llm(inputs_embeds=inputs, attention_mask=attention, **kwargs), prefix.shape[1], ids, text_mask
+
+    @torch.no_grad()
+    def caption_logprobs(self, features: torch.Tensor, captions: list[str]) -> list[float]:
+        out, start, ids, text_mask = self._teacher_forced(features, captions)
+        # Position start - 1 + j (the last query, then the caption) predicts caption token j.
+        logits = out.logits[:, start - 1 : start - 1 + ids.shape[1]]
+        return mean_token_logprobs(logits, ids, text_mask.bool())
+
+    @torch.no_grad()
+    def attention_maps(self, features: torch.Tensor, captions: list[str]) -> list[tuple[list[str], torch.Tensor]]:
+        query_to_patches = self.query_patch_attention(self.image_embeds(features))
+        with _eager_attention(self.llm):
+            out, start, ids, text_mask = self._teacher_forced(features, captions, output_attentions=True)
+        first_query = start - self.config.num_query_tokens  # the prefix ends with the queries
+        rows = slice(start - 1, start - 1 + ids.shape[1])  # the steps that wrote caption tokens 0, 1, ..
+        to_queries = torch.stack(out.attentions).float().mean(dim=(0, 2))[:, rows, first_query:start]
+        report = int(self.config.prompt_format == "report")  # a leading <s> target has no characters
+        result = []
+        for row, caption in enumerate(captions):
+            caption = caption.strip()
+            pieces = [(0, 0)] * report + self._caption_pieces(caption, "\n")
+            pieces = pieces[: int(text_mask[row].sum())]
+            maps = _maps_through_queries(to_queries[row, : len(pieces)], query_to_patches[row])
+            result.append(words_from_pieces(caption, pieces, maps))
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- official weights

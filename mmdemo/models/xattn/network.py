@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from mmdemo.captioners.base import CaptionNetwork, Features, TrainingInit
-from mmdemo.captioners.vocab import EOS_ID, PAD_ID, SOS_ID, Vocabulary
+from mmdemo.captioners.base import CaptionNetwork, Features, TrainingInit, beam_search, mean_token_logprobs
+from mmdemo.captioners.vocab import EOS_ID, PAD_ID, SOS_ID, Vocabulary, tokenize
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -241,6 +241,11 @@ class Attention(nn.Module):
         b, h, t, hd = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(b, t, h * hd))
 
+    def probabilities(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:  # (B, H, T, N), unmasked
+        """The weights ``forward`` gives each key (written out: the fused kernel does not return them)."""
+        q = self.heads(self.q_proj(x))
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+
 
 class DecoderLayer(nn.Module):
     """Post-norm decoder layer (as ``nn.TransformerDecoderLayer``'s default) with an optional KV cache."""
@@ -262,6 +267,7 @@ class DecoderLayer(nn.Module):
         memory_kv: tuple[torch.Tensor, torch.Tensor],  # cross-attention keys/values of the image tokens
         self_mask: torch.Tensor | None,
         cache: dict[str, torch.Tensor] | None = None,
+        cross_weights: list[torch.Tensor] | None = None,  # appended: this layer's (B, H, T, N) image attention
     ) -> torch.Tensor:
         k, v = self.self_attn.key_values(x)
         if cache is not None:
@@ -269,6 +275,8 @@ class DecoderLayer(nn.Module):
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         x = self.norm1(x + self.dropout(self.self_attn(x, k, v, self_mask)))
+        if cross_weights is not None:
+            cross_weights.append(self.cross_attn.probabilities(x, memory_kv[0]))
         x = self.norm2(x + self.dropout(self.cross_attn(x, *memory_kv)))
         return self.norm3(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
 
@@ -400,6 +408,7 @@ class XAttnCaptionNetwork(CaptionNetwork):
         *,
         start: int = 0,
         caches: list[dict[str, torch.Tensor]] | None = None,
+        cross_weights: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:  # (B, T, vocab) logits
         b, t = tokens.shape
         positions = torch.arange(start, start + t, device=tokens.device)
@@ -413,7 +422,7 @@ class XAttnCaptionNetwork(CaptionNetwork):
             mask = (causal[None] & (tokens != PAD_ID)[:, None, :])[:, None]  # (B, 1, T, T)
             mask = mask | torch.eye(t, dtype=torch.bool, device=tokens.device)  # no fully masked row
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory_kv[i], mask, None if caches is None else caches[i])
+            x = layer(x, memory_kv[i], mask, None if caches is None else caches[i], cross_weights)
         return self.lm_head(x)
 
     def _require_vocab(self) -> Vocabulary:
@@ -478,6 +487,53 @@ class XAttnCaptionNetwork(CaptionNetwork):
         vocab = self._require_vocab()
         return [vocab.decode(row[1:]) for row in ids.tolist()]
 
+    # ----------------------------------------------------------------- candidates and attention maps
+    attention_note = (
+        "The decoder's cross-attention over the image's grid of encoder tokens at the step that wrote the word "
+        "(the weights averaged over every head of every decoder layer); brighter cells got more weight."
+    )
+
+    @torch.no_grad()
+    def generate_candidates(
+        self,
+        features: Features,
+        n: int,
+        *,
+        max_new_tokens: int | None = None,
+        num_beams: int = 1,
+        use_cache: bool = True,
+        length_penalty: float = 1.0,
+    ) -> list[list[str]]:
+        """Beam search n-best: ``max(num_beams, n)`` beams, each image's ``n`` best by length-normalised score."""
+        limit = self.config.max_len - 1
+        steps = limit if max_new_tokens is None else min(int(max_new_tokens), limit)
+        width = max(int(num_beams), n, 2)
+        ids = self._beam_search(features, steps, width, length_penalty, use_cache, num_return=n)
+        vocab = self._require_vocab()
+        texts = [vocab.decode(row[1:]) for row in ids.tolist()]
+        return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    @torch.no_grad()
+    def caption_logprobs(self, features: Features, captions: list[str]) -> list[float]:
+        tokens = self.encode_captions(captions, self.embed.weight.device)
+        logits = self.decode(tokens[:, :-1], self.memory(features))
+        return mean_token_logprobs(logits, tokens[:, 1:], tokens[:, 1:] != PAD_ID)
+
+    @torch.no_grad()
+    def attention_maps(self, features: Features, captions: list[str]) -> list[tuple[list[str], torch.Tensor]]:
+        tokens = self.encode_captions(captions, self.embed.weight.device)
+        weights: list[torch.Tensor] = []
+        self.decode(tokens[:, :-1], self.memory(features), cross_weights=weights)
+        # (layers, B, H, T, N) -> (B, T, N). Input position t (<SOS> w1 .. ) is the step that wrote word t + 1.
+        mean = torch.stack(weights).float().mean(dim=(0, 2))
+        side = math.isqrt(mean.shape[-1])
+        vocab = self._require_vocab()
+        out = []
+        for row, caption in enumerate(captions):
+            words = tokenize(caption)[: vocab.max_len - 2]
+            out.append((words, mean[row, : len(words)].reshape(len(words), side, side)))
+        return out
+
     @torch.no_grad()
     def generate_ids(
         self,
@@ -488,10 +544,14 @@ class XAttnCaptionNetwork(CaptionNetwork):
         use_cache: bool = True,
         length_penalty: float = 1.0,
         ignore_eos: bool = False,
-    ) -> torch.Tensor:  # (B, 1 + steps): <SOS> then tokens, <PAD> after each sequence's own <EOS>
-        """Token ids; ``ignore_eos`` always runs ``max_new_tokens`` steps (benchmarks at a fixed length)."""
+        num_return: int = 1,
+    ) -> torch.Tensor:  # (B * num_return, 1 + steps): <SOS> then tokens, <PAD> after each sequence's own <EOS>
+        """Token ids; ``ignore_eos`` always runs ``max_new_tokens`` steps (benchmarks at a fixed length).
+
+        ``num_return`` (at most ``num_beams``): each image's best beams, best length-normalised score first.
+        """
         if num_beams > 1:
-            return self._beam_search(features, max_new_tokens, num_beams, length_penalty, use_cache)
+            return self._beam_search(features, max_new_tokens, num_beams, length_penalty, use_cache, num_return)
         memory_kv = self.memory(features)
         b = memory_kv[0][0].shape[0]
         device = self.embed.weight.device
@@ -513,7 +573,13 @@ class XAttnCaptionNetwork(CaptionNetwork):
         return tokens
 
     def _beam_search(
-        self, features: torch.Tensor, max_new_tokens: int, k: int, length_penalty: float, use_cache: bool
+        self,
+        features: torch.Tensor,
+        max_new_tokens: int,
+        k: int,
+        length_penalty: float,
+        use_cache: bool,
+        num_return: int = 1,
     ) -> torch.Tensor:
 
         def beam_memory() -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -522,40 +588,22 @@ class XAttnCaptionNetwork(CaptionNetwork):
             ]
 
         memory_kv = beam_memory()
-        bk = memory_kv[0][0].shape[0]
-        b, device = bk // k, self.embed.weight.device
-        tokens = torch.full((bk, 1), SOS_ID, dtype=torch.long, device=device)
-        scores = torch.full((b, k), float("-inf"), device=device)
-        scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
-        ended = torch.zeros(bk, dtype=torch.bool, device=device)
-        lengths = torch.zeros(bk, device=device)
         caches: list[dict[str, torch.Tensor]] | None = [{} for _ in self.layers] if use_cache else None
-        for step in range(max_new_tokens):
-            if use_cache:
-                logits = self.decode(tokens[:, -1:], memory_kv, start=step, caches=caches)[:, -1]
-            else:
+
+        def step(tokens: torch.Tensor, origin: torch.Tensor | None) -> torch.Tensor:
+            if caches is None:
                 logits = self.decode(tokens, beam_memory())[:, -1]
+            else:
+                if origin is not None:  # each beam continues the cache of the beam it came from
+                    for cache in caches:
+                        cache["k"], cache["v"] = cache["k"][origin], cache["v"][origin]
+                logits = self.decode(tokens[:, -1:], memory_kv, start=tokens.shape[1] - 1, caches=caches)[:, -1]
             logits[:, [PAD_ID, SOS_ID]] = float("-inf")
-            logp = logits.float().log_softmax(-1)
-            # An ended beam continues only with <EOS> at no cost, so it keeps its score and its place.
-            logp[ended] = float("-inf")
-            logp[ended, EOS_ID] = 0.0
-            vocab_size = logp.shape[-1]
-            total = (scores.view(-1, 1) + logp).view(b, k * vocab_size)
-            scores, flat = total.topk(k, dim=-1)  # (B, K)
-            origin = (flat // vocab_size + torch.arange(b, device=device)[:, None] * k).view(-1)
-            next_ids = (flat % vocab_size).view(-1)
-            tokens = torch.cat([tokens[origin], next_ids[:, None]], dim=1)
-            lengths = lengths[origin] + (~ended[origin]).float()
-            ended = ended[origin] | (next_ids == EOS_ID)
-            if caches is not None:
-                for cache in caches:
-                    cache["k"], cache["v"] = cache["k"][origin], cache["v"][origin]
-            if ended.all():
-                break
-        normalised = scores.view(-1) / lengths.clamp(min=1) ** length_penalty
-        best = normalised.view(b, k).argmax(-1) + torch.arange(b, device=device) * k
-        out = tokens[best]
-        # After the first <EOS> only padding, as greedy decoding returns it.
-        after_eos = (out == EOS_ID).long().cumsum(1) - (out == EOS_ID).long() > 0
-        return out.masked_fill(after_eos, PAD_ID)
+            return logits.float().log_softmax(-1)
+
+        b = memory_kv[0][0].shape[0] // k
+        start = torch.full((b, 1), SOS_ID, dtype=torch.long, device=self.embed.weight.device)
+        return beam_search(
+            step, start, beams=k, max_new_tokens=max_new_tokens, eos_id=EOS_ID, pad_id=PAD_ID,
+            length_penalty=length_penalty, num_return=num_return,
+        )  # fmt: skip
