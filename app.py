@@ -33,7 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="mmdemo Gradio app")
     parser.add_argument("--profile", choices=PROFILES, default=os.environ.get("MMDEMO_PROFILE", "auto"))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to serve on; by default Gradio binds the first free one from $GRADIO_SERVER_PORT (else 7860) "
+        "upwards and prints the URL",
+    )
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument(
         "--concurrency", type=int, default=1, help="model runs at once (keep 1 on a single GPU)"

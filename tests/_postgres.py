@@ -1,8 +1,8 @@
 """A throw-away PostgreSQL server for tests: ``MMDEMO_TEST_DB_URL`` when set, else a cluster we start.
 
 Our own cluster lives in a fresh temporary folder owned by the ``postgres`` user (PostgreSQL refuses
-to run as root), listens on loopback only, trusts local connections, and is stopped and deleted after
-the session. ``.ci/run`` starts one the same way and exports ``MMDEMO_TEST_DB_URL``.
+to run as root), listens on a Unix socket in that folder only (no TCP port, so nothing to pick or collide
+on), trusts local connections, and is stopped and deleted after the session. ``.ci/run`` starts one the same way and exports ``MMDEMO_TEST_DB_URL``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -52,20 +51,18 @@ def _as_server_user(args: list[str]) -> list[str]:
 
 @contextmanager
 def throwaway_cluster() -> Iterator[str]:
-    """Start a cluster on a free loopback port; yield its superuser URL; stop and delete it."""
+    """Start a cluster on a Unix socket in a fresh folder; yield its superuser URL; stop and delete it."""
     folder = Path(tempfile.mkdtemp(prefix="mmdemo-pg-"))
     data = folder / "data"
     if os.geteuid() == 0:
         entry = pwd.getpwnam("postgres")
         os.chown(folder, entry.pw_uid, entry.pw_gid)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run = dict(check=True, capture_output=True, text=True, timeout=120)
     subprocess.run(
         _as_server_user([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]), **run
     )
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on"
+    # The port only names the socket file (.s.PGSQL.5432) inside our private folder.
+    options = f"-p 5432 -k {folder} -c listen_addresses='' -c fsync=on"
     subprocess.run(
         _as_server_user(
             [str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"]
@@ -73,7 +70,7 @@ def throwaway_cluster() -> Iterator[str]:
         **run,
     )
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres@/postgres?host={folder}"
     finally:
         subprocess.run(
             _as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
@@ -88,13 +85,14 @@ def fresh_database(server_url: str) -> Iterator[str]:
     import uuid
 
     import psycopg
+    from sqlalchemy.engine import make_url
 
     name = f"mmdemo_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = server_url.rpartition("/")
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
-        yield f"{base}/{name}"
+        yield url
     finally:
         with psycopg.connect(server_url, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -18,8 +18,8 @@ def test_defaults(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
     assert (args.profile, args.host, args.port, args.share, args.concurrency) == (
-        "auto", "127.0.0.1", 7860, False, 1
-    )
+        "auto", "127.0.0.1", None, False, 1
+    )  # no port: Gradio binds the first free one itself, so a busy 7860 does not stop the app
 
 
 def test_every_documented_flag(monkeypatch):

@@ -9,8 +9,8 @@ in the middle of a vote flood loses no acknowledged vote and leaves none half-wr
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,12 +31,6 @@ CAPTIONERS = ("resnet18-xattn", "clipb32-xattn")  # the two fastest demo caption
 EXAMPLE = REPO / "assets" / "examples" / "Images" / "shapes_000000.png"
 pytestmark = pytest.mark.app
 ALL_NAMES = [m for m in REGISTRY] + [spec.display_name for spec in REGISTRY.values()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -141,30 +135,38 @@ def test_fifty_simultaneous_voters_on_fifty_battles_each_count_once(arena_app):
 
 
 class AppProcess:
-    """``python app.py --profile demo`` on loopback with a given data folder; killed on exit."""
+    """``python app.py --profile demo`` on loopback with a given data folder; killed on exit.
+
+    No port is chosen for it: the app binds the first free one itself and prints its URL, read back here from
+    the process's own lines of the log."""
 
     def __init__(self, data_dir: Path, log: Path):
-        self.port = _free_port()
         env = dict(os.environ, MMDEMO_ARENA_MODELS=",".join(CAPTIONERS), MMDEMO_ARENA_BATTLES_PER_MINUTE="1000",
-                   MMDEMO_ARENA_VOTES_PER_MINUTE="1000")  # fmt: skip
+                   MMDEMO_ARENA_VOTES_PER_MINUTE="1000", PYTHONUNBUFFERED="1")  # fmt: skip
+        env.pop("GRADIO_SERVER_PORT", None)
+        start = log.stat().st_size if log.exists() else 0
         self.log = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--profile", "demo", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data-dir", str(data_dir)],
+            [sys.executable, "app.py", "--profile", "demo", "--host", "127.0.0.1", "--data-dir", str(data_dir)],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}/"
         deadline = time.monotonic() + 240
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"app exited with {self.process.returncode}; see {log}")
-            try:
-                self.client = _client(self.url)
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+            with log.open("rb") as lines:
+                lines.seek(start)
+                served = re.search(rb"Running on local URL:\s+(http://\S+)", lines.read())
+            if served:
+                self.url = served.group(1).decode().rstrip("/") + "/"
+                try:
+                    self.client = _client(self.url)
+                    break
+                except Exception:  # noqa: BLE001 - printed its URL, not answering yet
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"app did not answer within 240 s; see {log}")
+            time.sleep(0.5)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from conftest import require_or_skip
 from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import REGISTRY
@@ -22,24 +22,15 @@ SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "screenshot_leader
 
 
 @pytest.fixture(scope="module")
-def arena_url(tmp_path_factory):
-    if not shutil.which(CHROMIUM) and not os.environ.get("CI"):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
+def arena_url(tmp_path_factory, app_server):
+    if not shutil.which(CHROMIUM):
+        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
     import app
     from mmdemo.arena.battles import ArenaConfig
 
     config = ArenaConfig(data_dir=tmp_path_factory.mktemp("arena_browser"), models=GENERATORS)
-    demo = app.create_demo("demo", arena=config)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=app.APP_CSS
-    )
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with app_server(app.create_demo("demo", arena=config), css=app.APP_CSS) as url:
+        yield url
 
 
 @pytest.mark.slow
