@@ -61,6 +61,8 @@ class CaptionRecord:
     bleu: dict[str, float] | None = None  # per-image BLEU against the references, when there are any
     notices: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # the decoding options used
+    # [{"caption", "mean_logprob", "match"}, ...] best mean_logprob first; the caption is always one of them
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,13 +82,16 @@ def caption_image(
     *,
     references: list[str] | None = None,
     options: dict[str, Any] | None = None,
+    candidates: Any = 1,
 ) -> tuple[list[CaptionRecord], list[str]]:
     """Caption ``image`` with one captioner or ``"all"``; returns one record per model and input notices.
 
     ``options`` (decoding settings, blank = each model's default) go to every target and are checked against
     each one's declaration: an option a model does not take is a notice in its record, a value outside its
-    range an error in its record; the other models run regardless.
+    range an error in its record; the other models run regardless. ``candidates`` (1 to 5, checked here once,
+    before any model runs): how many scored captions each record carries.
     """
+    count = inputs.check_candidates(candidates)
     checked = inputs.load_image(image)
     targets = caption_targets(choice)
     records = []
@@ -96,13 +101,19 @@ def caption_image(
         try:
             result, weights = manager.run(  # retries once after an out-of-memory error, and logs the run
                 model_id,
-                lambda model: (model.caption([checked.value], **(options or {}))[0], _weights_label(model)),
+                lambda model: (
+                    model.caption([checked.value], candidates=count, **(options or {}))[0], _weights_label(model)
+                ),
                 action="caption",
                 request_id=request_id,
             )
             record = CaptionRecord(
                 model_id, result.caption, round(time.perf_counter() - start, 3), weights=weights,
                 notices=list(result.notices), settings=dict(result.settings),
+                candidates=[
+                    {"caption": c.caption, "mean_logprob": round(c.mean_logprob, 4), "match": c.match}
+                    for c in result.candidates
+                ],
             )  # fmt: skip
             if references:
                 from mmdemo.eval.bleu import sentence_bleu_scores

@@ -290,6 +290,8 @@ class CaptionNetwork(torch.nn.Module):
     # ----------------------------------------------------------------- candidates and attention maps
     # What attention_maps shows, in words for the user; empty when the family offers no maps.
     attention_note: ClassVar[str] = ""
+    # The part of the picture the maps' grid covers: "whole" (resized to a square) or "centre" (its centred square).
+    attention_view: str = "whole"
 
     @torch.no_grad()
     def generate_candidates(self, features: Features, n: int, **options: Any) -> list[list[str]]:
@@ -489,4 +491,5 @@ class CaptionerAdapter(Captioner):
                 decoding.pop("batch_size")
                 caption = self.network.generate(features, **decoding)[0]
             words, maps = self.network.attention_maps(features, [caption.strip()])[0]
-        return CaptionResult(caption.strip(), tokens=words, attention=maps.float().cpu().numpy())
+        view = {"note": self.attention_note, "view": self.network.attention_view}
+        return CaptionResult(caption.strip(), settings=view, tokens=words, attention=maps.float().cpu().numpy())

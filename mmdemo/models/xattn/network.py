@@ -493,6 +493,10 @@ class XAttnCaptionNetwork(CaptionNetwork):
         "(the weights averaged over every head of every decoder layer); brighter cells got more weight."
     )
 
+    @property
+    def attention_view(self) -> str:  # type: ignore[override]
+        return "centre" if self.config.resize == "crop" else "whole"
+
     @torch.no_grad()
     def generate_candidates(
         self,
