@@ -229,22 +229,14 @@ FLAN_T5_XL_CONFIG: dict[str, Any] = dict(
 
 
 def tiny_t5_config(overrides: dict[str, Any] | None, vocab_size: int | None = None):
-    """A ``T5Config`` for the tiny demo encoder (same class as flan-t5-xl, smaller numbers)."""
+    """A ``T5Config`` for the tiny demo encoder: flan-t5-xl's with smaller sizes and no dropout, then
+    ``overrides`` (a demo folder's ``t5``) and ``vocab_size`` (the demo tokenizer's)."""
     from transformers import T5Config
 
     kwargs: dict[str, Any] = dict(
-        d_model=128,
-        d_kv=32,
-        d_ff=256,
-        num_layers=2,
-        num_heads=4,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        tie_word_embeddings=False,
+        FLAN_T5_XL_CONFIG, d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4, dropout_rate=0.0,
         is_encoder_decoder=False,
-    )
+    )  # fmt: skip
     kwargs.update(overrides or {})
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size

@@ -83,16 +83,11 @@ SDXL_TEXT_ENCODER_CONFIG: dict[str, Any] = dict(  # CLIP ViT-L/14 text tower
     hidden_act="quick_gelu",
     projection_dim=768,
 )
-SDXL_TEXT_ENCODER_2_CONFIG: dict[str, Any] = dict(  # OpenCLIP ViT-bigG/14 text tower, with projection
-    vocab_size=49408,
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_hidden_layers=32,
-    num_attention_heads=20,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    projection_dim=1280,
-)
+# OpenCLIP ViT-bigG/14 text tower, with projection: the same vocabulary and positions, a larger tower.
+SDXL_TEXT_ENCODER_2_CONFIG: dict[str, Any] = dict(
+    SDXL_TEXT_ENCODER_CONFIG, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+    num_attention_heads=20, hidden_act="gelu", projection_dim=1280,
+)  # fmt: skip
 SDXL_SCHEDULER_CONFIG: dict[str, Any] = dict(  # stabilityai/stable-diffusion-xl-base-1.0 scheduler/
     num_train_timesteps=1000,
     beta_start=0.00085,
