@@ -10,7 +10,7 @@ import gradio as gr
 from mmdemo.arena.battles import ArenaConfig
 from mmdemo.monitoring import OpsSettings
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
-from mmdemo.ui import about, compare, ops
+from mmdemo.ui import about, captions, compare, ops
 from mmdemo.ui import arena as arena_ui
 from mmdemo.ui.components import RawImageInput
 from mmdemo.ui.handlers import (
@@ -36,6 +36,7 @@ APP_CSS = """
     width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
 }
 .compare-slider img { image-rendering: pixelated; }
+.attention-map img { image-rendering: pixelated; }
 """
 
 
@@ -63,6 +64,7 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
                     ctx, "num_beams", "Beams (1 = greedy, as in the report)", max
                 )
                 max_new_tokens = _caption_option_field(ctx, "max_new_tokens", "Max new tokens", min)
+            candidates = captions.candidates_field()
             button = gr.Button("Caption", variant="primary")
             if ctx.examples:
                 gr.Examples(
@@ -79,16 +81,23 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
                 # Captions wrap in the wide column; the numbers keep narrow columns that stay in view.
                 column_widths=["17%", "47%", "10%", "12%", "14%"],
             )
+            candidate_table, score_note = captions.create_candidates_table()
             references = gr.Markdown(label="Reference captions")
             with gr.Accordion("Records (API)", open=False):
                 records = gr.JSON(label="Records (API)", open=False, elem_id="caption-records")
     button.click(
         caption_handler(ctx),
-        inputs=[image, model, num_beams, max_new_tokens],
+        inputs=[image, model, num_beams, max_new_tokens, candidates],
         outputs=[table, references, records],
         api_name="caption",
         concurrency_id=MODEL_CONCURRENCY_ID,
         concurrency_limit=concurrency,
+    )
+    records.change(
+        captions.candidate_rows, records, [candidate_table, score_note], api_visibility="private", queue=False
+    )
+    captions.create_attention_view(
+        ctx, image, records, concurrency_id=MODEL_CONCURRENCY_ID, concurrency_limit=concurrency
     )
 
 

@@ -201,11 +201,16 @@ def caption_handler(ctx: AppContext):
 
     @on_gpu(caption_gpu_seconds, prepare)
     def caption(
-        image: str | None, model: str, num_beams: int | None = None, max_new_tokens: int | None = None
+        image: str | None,
+        model: str,
+        num_beams: int | None = None,
+        max_new_tokens: int | None = None,
+        candidates: int | None = 1,
     ):
         """Caption an image with one captioner id or "all"; returns a table, the references and JSON records.
 
         ``num_beams`` / ``max_new_tokens``: blank (None) is each model's own default (from the registry).
+        ``candidates`` (1 to 5): scored captions per record (its ``candidates``), the caption among them.
         """
         if model not in ("all", *CAPTIONER_IDS):
             raise gr.Error(f"Unknown captioner {model!r}; choose 'all' or one of {', '.join(CAPTIONER_IDS)}.")
@@ -213,7 +218,7 @@ def caption_handler(ctx: AppContext):
         options = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
         try:
             records, notices = service.caption_image(
-                ctx.manager, image, model, references=references, options=options
+                ctx.manager, image, model, references=references, options=options, candidates=candidates
             )
         except inputs.InputError as err:
             raise gr.Error(str(err)) from None
