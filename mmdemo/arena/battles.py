@@ -141,6 +141,14 @@ def run_captioner(manager: ModelManager, image: Any, model_id: str) -> Any:
 # ------------------------------------------------------------------------------------------------ the arena
 
 
+def _set_side(battle: db.Battle, side: str, record: Any, **outputs: Any) -> None:
+    """One side's columns: its ``record``'s seconds and weights, and ``outputs`` by column name without the side
+    (``output_path=`` sets ``output_a_path``, ``score=`` sets ``score_a``)."""
+    for name, value in {"seconds": record.seconds, "weights": record.weights, **outputs}.items():
+        head, _, tail = name.partition("_")
+        setattr(battle, f"{head}_{side}_{tail}" if tail else f"{head}_{side}", value)
+
+
 class Arena:
     """Battles, votes and leaderboards on one database, for the models one app can run.
 
@@ -239,34 +247,18 @@ class Arena:
             settings = check_generation(prompt, seed, self.config.preset, self.manager, self.availability)
         except inputs.InputError as err:
             raise ArenaError(str(err)) from None
-        profile, model_a, model_b = self._draw("generate")
-        battle = db.Battle(
-            id=secrets.token_urlsafe(18),
-            task="generate",
-            profile=profile,
-            model_a=model_a,
-            model_b=model_b,
-            input_hash=hashlib.sha256(settings.prompt.encode()).hexdigest(),
-            prompt=settings.prompt,
-            seed=settings.seed,
-            preset=settings.preset,
-            settings="{}",
-            session_hash=who,
-            app_version=self.version,
-        )
+        battle = self._new_battle("generate", who)
+        battle.input_hash = hashlib.sha256(settings.prompt.encode()).hexdigest()
+        battle.prompt, battle.seed, battle.preset = settings.prompt, settings.seed, settings.preset
         paths: list[str | None] = []
         used: dict[str, Any] = {}
-        for side, model_id in (("a", model_a), ("b", model_b)):
+        for side, model_id in (("a", battle.model_a), ("b", battle.model_b)):
             image, record = run_generator(self.manager, settings, model_id, self.scorer)
             path = digest = None
             if image is not None and record.error is None:
                 path, digest = self._store_image(image)
-            setattr(battle, f"output_{side}_path", str(path) if path else None)
-            setattr(battle, f"output_{side}_hash", digest)
-            setattr(battle, f"seconds_{side}", record.seconds)
-            setattr(battle, f"weights_{side}", record.weights)
-            setattr(battle, f"score_{side}", record.score)
-            setattr(battle, f"error_{side}", record.error if path else (record.error or "no picture"))
+            _set_side(battle, side, record, output_path=str(path) if path else None, output_hash=digest,
+                      score=record.score, error=record.error if path else (record.error or "no picture"))
             battle.score_name = battle.score_name or record.score_name
             used[side] = getattr(record, "settings", {})  # what the model actually ran with
             paths.append(str(path) if path else None)
@@ -280,34 +272,25 @@ class Arena:
             checked = inputs.load_image(image).value
         except inputs.InputError as err:
             raise ArenaError(str(err)) from None
-        profile, model_a, model_b = self._draw("caption")
-        input_path, digest = self._store_image(checked)
-        battle = db.Battle(
-            id=secrets.token_urlsafe(18),
-            task="caption",
-            profile=profile,
-            model_a=model_a,
-            model_b=model_b,
-            input_hash=digest,
-            input_path=str(input_path),
-            settings="{}",
-            session_hash=who,
-            app_version=self.version,
-        )
+        battle = self._new_battle("caption", who)
+        input_path, battle.input_hash = self._store_image(checked)
+        battle.input_path = str(input_path)
         captions: list[str | None] = []
         used: dict[str, Any] = {}
-        for side, model_id in (("a", model_a), ("b", model_b)):
+        for side, model_id in (("a", battle.model_a), ("b", battle.model_b)):
             record = run_captioner(self.manager, checked, model_id)
             used[side] = getattr(record, "settings", {})
-            setattr(battle, f"output_{side}", record.caption)
-            if record.caption is not None:
-                setattr(battle, f"output_{side}_hash", hashlib.sha256(record.caption.encode()).hexdigest())
-            setattr(battle, f"seconds_{side}", record.seconds)
-            setattr(battle, f"weights_{side}", record.weights)
-            setattr(battle, f"error_{side}", record.error)
+            caption_hash = None if record.caption is None else hashlib.sha256(record.caption.encode()).hexdigest()
+            _set_side(battle, side, record, output=record.caption, output_hash=caption_hash, error=record.error)
             captions.append(record.caption)
         battle.settings = json.dumps(used, default=str)
         return self._save_battle(battle, (captions[0], captions[1]))
+
+    def _new_battle(self, task: str, who: str) -> db.Battle:
+        """A battle of ``task`` between two models drawn for it, by session ``who``; inputs and outputs follow."""
+        profile, model_a, model_b = self._draw(task)
+        return db.Battle(id=secrets.token_urlsafe(18), task=task, profile=profile, model_a=model_a,
+                         model_b=model_b, settings="{}", session_hash=who, app_version=self.version)  # fmt: skip
 
     def _save_battle(self, battle: db.Battle, outputs: tuple[Any, Any]) -> BattleView:
         battle.created_at = db.utcnow()
