@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ Preset = Literal["fast", "report"]
 PRESETS: tuple[str, ...] = ("fast", "report")
 # Called by generators as sampling advances: (steps done, steps in all).
 ProgressCallback = Callable[[int, int], None]
+# Called by generators asked for previews, with a picture of the sample so far (the final picture's size):
+# (steps done, steps in all, picture). See :mod:`mmdemo.previews`.
+PreviewCallback = Callable[[int, int, "Image.Image"], None]
 
 
 class ModelFamily:
@@ -108,6 +111,8 @@ class GenerationRequest:
 
     ``options`` holds every option the model declares, the given value or the default for this preset, profile
     and device (``request["steps"]``); ``notices`` are the checks' messages (a prompt cut, an option ignored).
+    ``preview``: where the adapter sends a few pictures of the sample while it samples (None: no previews, and
+    no time spent on them); previews never change the final picture.
     """
 
     model: str
@@ -119,6 +124,7 @@ class GenerationRequest:
     notices: tuple[str, ...] = ()
     profile: str = "full"
     device: str = "cpu"
+    preview: PreviewCallback | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> Any:
         return self.options[name]
@@ -215,9 +221,12 @@ class Generator(ModelFamily, ABC):
         preset: Preset = "fast",
         negative_prompt: str = "",
         progress: ProgressCallback | None = None,
+        preview: PreviewCallback | None = None,
         **options: Any,
     ) -> GenerationResult:
         """One picture for ``prompt``; ``options`` are the model's declared options (``steps=``, ``guidance=``, ...).
+
+        ``preview(done, total, picture)`` receives a few pictures of the sample while it forms.
 
         Checks everything first (:func:`mmdemo.inputs.check_generation`: bad values raise
         :class:`~mmdemo.inputs.InputError`, options this model does not take become notices), then samples.
@@ -228,6 +237,8 @@ class Generator(ModelFamily, ABC):
             self.spec, prompt=prompt, seed=seed, preset=preset, negative_prompt=negative_prompt, options=options,
             profile=self.weights.profile, device=self.device,
         )  # fmt: skip
+        if preview is not None:
+            request = replace(request, preview=preview)
         return self.run(request, progress)
 
     def run(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:

@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,11 +266,14 @@ def generate_images(
     *,
     scorer: Callable[[Any, str, str], tuple[float | None, str | None]] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    previews: Callable[[str, int, int, Any], None] | None = None,
 ) -> Iterator[tuple[str, Any, GenerateRecord]]:
     """Yield ``(model_id, image or None, record)`` as each model finishes, in the order given.
 
     ``scorer(image, prompt, weights_profile) -> (score, score name)`` judges prompt alignment.
-    ``progress(model_id, done, total)`` reports sampling steps.
+    ``progress(model_id, done, total)`` reports sampling steps. ``previews(model_id, done, total, picture)``
+    receives a few pictures of each sample while it forms (None: none are drawn; the final pictures are the
+    same either way).
     """
     unknown = [m for m in model_ids if m not in GENERATOR_IDS]
     if unknown:
@@ -284,11 +287,19 @@ def generate_images(
         record = GenerateRecord(model_id, None, settings.seed, None, notices=list(request.notices))
         image = None
         step_callback = (lambda done, total, m=model_id: progress(m, done, total)) if progress else None
+        preview = (
+            (lambda done, total, picture, m=model_id: previews(m, done, total, picture)) if previews else None
+        )
 
-        def run_model(model: Any, model_id=model_id, record=record, step_callback=step_callback) -> Any:
+        def run_model(
+            model: Any, model_id=model_id, record=record, step_callback=step_callback, preview=preview
+        ) -> Any:
             record.weights = _weights_label(model)
             device = getattr(model, "device", manager.device)
-            return model.run(settings.request_for(model_id, record.weights, device), step_callback)
+            request = settings.request_for(model_id, record.weights, device)
+            if preview is not None:
+                request = replace(request, preview=preview)
+            return model.run(request, step_callback)
 
         try:
             # retries once after an out-of-memory error, and logs the run

@@ -73,7 +73,7 @@ class TextDiffusionGenerator(Generator):
         images, truncated = sample_images(
             self.model, self.tokenizer, [request.prompt], request.negative_prompt, seed=request.seed,
             steps=request["steps"], guidance=request["guidance"], preset=request.preset, progress=progress,
-            model_name=self.spec.id,
+            preview=request.preview, model_name=self.spec.id,
         )  # fmt: skip
         return images, truncated
 

@@ -153,7 +153,7 @@ def _option_field(option: Option) -> gr.components.Component:
     )
 
 
-def create_generate_tab(ctx: AppContext, concurrency: int) -> compare.GenerateInputs:
+def create_generate_tab(ctx: AppContext, concurrency: int) -> tuple[compare.GenerateInputs, gr.Checkbox]:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", value="a small red circle on the left", lines=2, max_lines=6)
@@ -194,7 +194,9 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> compare.GenerateIn
 
     for field in fields:
         field.change(collect, fields, field_options, queue=False, api_visibility="private")
-    button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+    with gr.Row():
+        button = gr.Button("Generate", variant="primary", elem_id="generate-button", scale=4)
+        previews = live_previews_checkbox()
     link_inputs = compare.GenerateInputs(prompt, negative, seed, preset, models, overrides, field_options)
     compare.create_link_row(link_inputs)
     images, texts, seed_buttons = [], [], {}
@@ -247,13 +249,37 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> compare.GenerateIn
     )
     button.click(
         generate,
-        inputs=[prompt, models, seed, preset, negative, overrides, field_options],
+        # ``previews`` last: an API call that leaves it out gets the default, no previews.
+        inputs=[prompt, models, seed, preset, negative, overrides, field_options, previews],
         outputs=[*images, *texts, records, archive],
         api_name="generate",
         concurrency_id=MODEL_CONCURRENCY_ID,
         concurrency_limit=concurrency,
+        # Progress shows in the working panel's caption, not as an overlay on every panel of the page.
+        show_progress="hidden",
     )
-    return link_inputs
+    return link_inputs, previews
+
+
+def live_previews_checkbox() -> gr.Checkbox:
+    """Whether the panels show their pictures forming: on in the page, off for API calls unless asked for.
+
+    An API parameter's default is its component's initial value, so the box starts unticked (what
+    ``view_api()`` shows) and the page ticks it in the browser as it loads.
+    """
+    box = gr.Checkbox(
+        value=False,
+        label="Live previews",
+        info="show each picture forming while its model samples",
+        elem_id="live-previews",
+        scale=1,
+    )
+    return box
+
+
+def tick_on_page_load(demo: gr.Blocks, box: gr.Checkbox) -> None:
+    """Tick ``box`` in the browser when the page loads (no server round trip)."""
+    demo.load(None, outputs=box, js="() => true", api_visibility="private", queue=False)
 
 
 def build_app(
@@ -275,7 +301,7 @@ def build_app(
             with gr.Tab("Image → Text", id="caption"):
                 create_caption_tab(ctx, concurrency)
             with gr.Tab("Text → Image", id="generate"):
-                link_inputs = create_generate_tab(ctx, concurrency)
+                link_inputs, previews = create_generate_tab(ctx, concurrency)
             # Arena + Leaderboard: blind battles and their votes (database: ``arena_config``).
             arena_ui.create_arena_tabs(ctx, arena_config, concurrency, MODEL_CONCURRENCY_ID)
             with gr.Tab("About", id="about"):
@@ -283,5 +309,6 @@ def build_app(
                 ops.create_live_stats(ctx)
         ops.register_endpoints(ctx, settings)
         compare.register_link_restore(demo, tabs, link_inputs)  # settings from a shared link's URL
+        tick_on_page_load(demo, previews)  # the page shows pictures forming; the API asks for it
         demo.load(about.param_table, outputs=params, api_visibility="private", show_progress="hidden")
     return demo

@@ -6,14 +6,17 @@ becomes one ``gr.Error`` with a message written for the user.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import io
 import json
 import logging
+import queue
 import random
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ from gradio.utils import get_upload_folder
 
 from mmdemo import inputs, service
 from mmdemo.registry import CAPTIONER_IDS, GENERATOR_IDS, REGISTRY, Option
-from mmdemo.runtime import ModelManager
+from mmdemo.runtime import ModelManager, RequestCancelled
 from mmdemo.ui.cancel import raise_if_abandoned
 from mmdemo.weights import Decision, decide, prefetch
 
@@ -284,6 +287,19 @@ def _zip_results(settings: service.GenerateSettings, images: dict[str, Any], rec
     return str(path)
 
 
+def _running_markdown(model_id: str, done: int, total: int, preview: bool) -> str:
+    """The working panel's caption: its own progress (the rest of the page shows none)."""
+    filled = round(10 * done / max(total, 1))
+    bar = "▰" * filled + "▱" * (10 - filled)
+    shown = " · preview" if preview else ""
+    return _panel_markdown(None, model_id, f"running… {bar} step {done} of {total}{shown}")
+
+
+# With previews on, the working panel's step count is refreshed at most this often between previews (each
+# refresh sends every output again).
+LIVE_STEP_SECONDS = 1.0
+
+
 def generate_handler(ctx: AppContext):
     def prepare(prompt=None, models=None, *args, **kwargs):
         ctx.prepare(models or [])
@@ -297,12 +313,15 @@ def generate_handler(ctx: AppContext):
         negative_prompt: str = "",
         overrides: dict | str | None = None,
         field_options: dict | None = None,
+        previews: bool | None = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's documented way to receive progress
     ):
         """Generate one image per ticked model; panels fill in as each model finishes.
 
         ``field_options``: the per-model option fields, ``{"<model id>": {"<option>": value}}`` (the UI's state).
         ``overrides``: the same as JSON text or a dict, what the API takes, applied on top (optional).
+        ``previews``: also yield a few pictures of each sample while it forms, in the working model's panel,
+        with its step count in the panel's caption (off unless asked for; the final pictures are the same).
         Yields 5 images, 5 panel captions, the JSON records and a zip of everything.
         """
         models = [m for m in (models or []) if m]
@@ -334,22 +353,75 @@ def generate_handler(ctx: AppContext):
                 zip_path,
             )
 
+        texts[models[0]] = _panel_markdown(None, models[0], "running…")
         yield outputs()
-        for index, model_id in enumerate(models):
-            texts[model_id] = _panel_markdown(None, model_id, "running…")
-            progress((index, len(models)), desc=f"{model_id}")
-            def step_progress(m: str, done: int, total: int) -> None:
-                raise_if_abandoned()  # a closed tab or cancelled job stops sampling at the next step
-                progress((done, total), desc=f"{m}: step {done}/{total}")
+        # The models sample in a worker thread (with this event's context, which Gradio's progress and the
+        # abandoned-request check read) and report here through a queue, so that this generator can yield a
+        # preview while its model is still sampling.
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        finished = threading.Event()  # this generator ended (closed by Gradio, or failed): stop sampling
 
-            for done_id, image, record in service.generate_images(
-                ctx.manager, settings, [model_id], scorer=alignment_scorer(), progress=step_progress
-            ):
-                if image is not None:
-                    images[done_id] = image
-                texts[done_id] = _panel_markdown(record, done_id)
-                records.append(record.as_dict())
-            yield outputs()
+        def on_step(model_id: str, done: int, total: int) -> None:
+            if finished.is_set():
+                raise RequestCancelled("the request ended; sampling stopped")
+            raise_if_abandoned()  # a closed tab or cancelled job stops sampling at the next step
+            events.put(("step", model_id, (done, total)))
+
+        def on_preview(model_id: str, done: int, total: int, picture: Any) -> None:
+            events.put(("preview", model_id, (done, total, picture)))
+
+        def sample_all() -> None:
+            try:
+                for item in service.generate_images(
+                    ctx.manager, settings, models, scorer=alignment_scorer(), progress=on_step,
+                    previews=on_preview if previews else None,
+                ):  # fmt: skip
+                    events.put(("done", item[0], item))
+            except BaseException as err:  # noqa: BLE001 - re-raised below, in the event's own thread
+                events.put(("failed", None, err))
+            finally:
+                events.put(("end", None, None))
+
+        worker = threading.Thread(
+            target=contextvars.copy_context().run, args=(sample_all,), name="generate", daemon=True
+        )
+        worker.start()
+        last_yield = time.monotonic()
+        try:
+            while True:
+                kind, model_id, payload = events.get()
+                if kind == "end":
+                    break
+                if kind == "failed":
+                    raise payload
+                if kind == "step":
+                    done, total = payload
+                    progress((done, total), desc=f"{model_id}: step {done}/{total}")
+                    if previews:
+                        texts[model_id] = _running_markdown(model_id, done, total, model_id in images)
+                        if time.monotonic() - last_yield >= LIVE_STEP_SECONDS:
+                            last_yield = time.monotonic()
+                            yield outputs()
+                elif kind == "preview":
+                    done, total, picture = payload
+                    images[model_id] = picture
+                    texts[model_id] = _running_markdown(model_id, done, total, True)
+                    last_yield = time.monotonic()
+                    yield outputs()
+                else:
+                    _, image, record = payload
+                    images.pop(model_id, None)  # a preview never stands in for a failed model's picture
+                    if image is not None:
+                        images[model_id] = image
+                    texts[model_id] = _panel_markdown(record, model_id)
+                    records.append(record.as_dict())
+                    upcoming = models.index(model_id) + 1
+                    if upcoming < len(models):
+                        texts[models[upcoming]] = _panel_markdown(None, models[upcoming], "running…")
+                    last_yield = time.monotonic()
+                    yield outputs()
+        finally:
+            finished.set()
         yield outputs(_zip_results(settings, images, records) if images else None)
 
     return generate

@@ -210,6 +210,10 @@ class LatentDiffusionModel(TextToImageModel):
     def to_pixels(self, sample: torch.Tensor, model_name: str) -> torch.Tensor:
         return check_finite(self.decode(sample), model=model_name, where="in the VQ-VAE decoder's pixels")
 
+    def preview_pixels(self, clean: torch.Tensor) -> torch.Tensor:
+        # A decode: the small VQ-VAE decoder costs less than a denoising step (bench/previews.py).
+        return self.decode(clean)
+
     def load_trainable(self, state: dict[str, torch.Tensor], source: Path) -> None:
         expected = set(self.trainable_state_dict())
         if set(state) != expected:

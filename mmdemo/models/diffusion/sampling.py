@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mmdemo.models.guards import check_finite
+from mmdemo.previews import preview_steps
 
 PRESET_SCHEDULERS = {"report": "DDPMScheduler", "fast": "DPMSolverMultistepScheduler"}
 
@@ -115,6 +116,7 @@ def guided_sample(
     cond_mask: torch.Tensor | None = None,
     uncond_mask: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    preview: Callable[[int, int, torch.Tensor], None] | None = None,
     model_name: str = "the diffusion model",
 ) -> torch.Tensor:
     """Run ``scheduler`` for ``steps`` steps with classifier-free guidance; returns the clean sample.
@@ -122,7 +124,8 @@ def guided_sample(
     ``guidance`` g mixes the two predictions as ``uncond + g * (cond - uncond)``: 1 is the plain conditional
     model, 0 the unconditional one. At g == 1 the unconditional pass is skipped. A NaN or infinity in the
     network's prediction or the scheduler's update raises :class:`~mmdemo.models.guards.NonFiniteOutput`
-    naming ``model_name`` and the step.
+    naming ``model_name`` and the step. ``preview(done, total, clean)`` receives the clean sample predicted at a
+    few steps (:func:`mmdemo.previews.preview_steps`); it only reads, so the result is the same without it.
     """
     device = cond.device
     set_distinct_timesteps(scheduler, steps, device)
@@ -131,6 +134,7 @@ def guided_sample(
         torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * scheduler.init_noise_sigma
     )
     timesteps = scheduler.timesteps
+    preview_at = preview_steps(len(timesteps))
     for i, t in enumerate(timesteps):
         if guidance == 1.0:
             model_in = scheduler.scale_model_input(sample, t)
@@ -143,11 +147,35 @@ def guided_sample(
             pred = pred_uncond + guidance * (pred_cond - pred_uncond)
         at = f"at step {i + 1} of {len(timesteps)} (timestep {int(t)}"
         check_finite(pred, model=model_name, where=f"{at}, the network's prediction)")
+        if preview is not None and i + 1 in preview_at:
+            preview(i + 1, len(timesteps), predicted_clean(scheduler, sample, pred, t))
         sample = scheduler.step(pred, t, sample, generator=generator).prev_sample
         check_finite(sample, model=model_name, where=f"{at}, the {type(scheduler).__name__} update)")
         if progress is not None:
             progress(i + 1, len(timesteps))
     return sample
+
+
+def predicted_clean(
+    scheduler: Any, sample: torch.Tensor, pred: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The clean sample x0 that the network's output ``pred`` at timestep ``t`` implies for ``sample`` x_t.
+
+    Both presets' schedulers keep the training schedule's variance-preserving form x_t = a x0 + s noise, with
+    a = sqrt(alpha_bar_t) and s = sqrt(1 - alpha_bar_t), so x0 follows from the prediction type: noise
+    (x0 = (x_t - s eps) / a), velocity (x0 = a x_t - s v) or the sample itself. Read-only: the scheduler's
+    state is untouched.
+    """
+    alpha_bar = scheduler.alphas_cumprod[int(t)].to(device=sample.device, dtype=torch.float32)
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (sample - s * pred) / a
+    if kind == "v_prediction":
+        return a * sample - s * pred
+    if kind == "sample":
+        return pred
+    raise ValueError(f"no clean-sample formula for prediction type {kind!r}")
 
 
 def to_pil(images: torch.Tensor) -> list[Any]:

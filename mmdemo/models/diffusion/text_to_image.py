@@ -15,9 +15,10 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from mmdemo.interfaces import ProgressCallback
+from mmdemo.interfaces import PreviewCallback, ProgressCallback
 from mmdemo.models.diffusion.sampling import guided_sample, make_scheduler, to_pil
 from mmdemo.models.diffusion.text import build_text_encoder, encode_text, load_text_encoder
+from mmdemo.previews import emit_preview
 
 MODEL_FILE = "model.safetensors"
 
@@ -66,6 +67,10 @@ class TextToImageModel(nn.Module):
         """A clean sample -> images in [-1, 1]."""
         return sample
 
+    def preview_pixels(self, clean: torch.Tensor) -> torch.Tensor:
+        """A predicted clean sample mid-way -> images (about [-1, 1]) for a preview; may hold NaN (then skipped)."""
+        return clean
+
     def load_trainable(self, state: dict[str, torch.Tensor], source: Path) -> None:
         """Load the checkpoint's trainable weights (read from ``source``), every key matched."""
         raise NotImplementedError
@@ -97,11 +102,14 @@ def sample_images(
     guidance: float,
     preset: str,
     progress: ProgressCallback | None = None,
+    preview: PreviewCallback | None = None,
     model_name: str | None = None,
 ) -> Sampled:
     """Images for ``prompts`` (one batch, one generator seeded with ``seed``). Used by the adapters and training.
 
     Raises :class:`~mmdemo.models.guards.NonFiniteOutput` rather than return a picture made from NaN.
+    ``preview`` receives pictures of the first prompt's predicted clean image at a few steps (a non-finite one
+    is skipped); the images are the same with or without it.
     """
     config = model.config
     name = model_name or model.model_id
@@ -118,8 +126,15 @@ def sample_images(
         if model.reads_text_mask
         else {}
     )
+    on_clean = None
+    if preview is not None:
+
+        def on_clean(done: int, total: int, clean: torch.Tensor) -> None:
+            pixels = model.preview_pixels(clean[:1])[0]
+            emit_preview(preview, done, total, pixels, (pixels.shape[-1], pixels.shape[-2]))
+
     sample = guided_sample(
         model.denoise, scheduler, model.sample_shape(len(prompts)), cond.hidden, uncond.hidden, steps=steps,
-        guidance=guidance, generator=generator, progress=progress, model_name=name, **masks,
+        guidance=guidance, generator=generator, progress=progress, preview=on_clean, model_name=name, **masks,
     )  # fmt: skip
     return Sampled(to_pil(model.to_pixels(sample, name)), cond.truncated)

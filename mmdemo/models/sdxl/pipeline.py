@@ -48,6 +48,7 @@ class SharedPipeline:
         self.report_scheduler = pipe.scheduler  # the pipeline's own (Euler for SDXL)
         self.fast_scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
         self.adapters: dict[str, str] = {}  # LoRA file (resolved path) -> adapter name
+        self._latent_rgb: torch.Tensor | None = None  # fitted on the first preview (see latent_rgb_map)
 
     def to(self, device: str) -> None:
         with self.lock:
@@ -82,6 +83,13 @@ class SharedPipeline:
             self.adapters[key] = name
             return name
 
+    def latent_rgb_map(self) -> torch.Tensor | None:
+        """This pipeline's latent-to-RGB map for previews (fitted once, by :func:`fit_latent_rgb`); None when the
+        fit failed (then there are no previews). Call under ``lock``."""
+        if self._latent_rgb is None:
+            self._latent_rgb = fit_latent_rgb(self.pipe.vae)
+        return self._latent_rgb if bool(self._latent_rgb.isfinite().all()) else None
+
     def select(self, adapter: str | None) -> None:
         """Switch to ``adapter`` alone, or to the bare base model with ``None`` (call under ``lock``)."""
         if not self.adapters:
@@ -91,6 +99,26 @@ class SharedPipeline:
         else:
             self.pipe.enable_lora()
             self.pipe.set_adapters([adapter], adapter_weights=[1.0])
+
+
+def fit_latent_rgb(vae: Any, *, images: int = 16, side: int = 64) -> torch.Tensor:
+    """A linear map from the pipeline's latents to RGB, for cheap previews (:func:`mmdemo.previews.fit_rgb_map`).
+
+    SDXL's latents are close to a linear function of the colour of the 8x8 pixels they cover, which is what
+    the well-known fixed 4x3 "latent-to-RGB factors" (plus an RGB bias) of SDXL previews are. Rather than carry
+    constants that fit one VAE only (our demo VAE is another one), the map is derived from the VAE itself:
+    smooth random colour fields are encoded (the posterior's mean times the VAE's scaling factor: the latents
+    the pipeline samples) and the map is fitted from them. One small encoder pass, once per pipeline.
+    """
+    import torch
+
+    from mmdemo.previews import colour_fields, fit_rgb_map
+
+    pixels = colour_fields(images, side)
+    parameter = next(vae.parameters())
+    with torch.no_grad():
+        encoded = vae.encode(pixels.to(parameter.device, parameter.dtype)).latent_dist.mean
+    return fit_rgb_map(encoded.float() * float(vae.config.scaling_factor), pixels)
 
 
 def _loaded_adapter_names(pipe: Any) -> set[str]:
