@@ -137,7 +137,8 @@ def create_attention_view(ctx: AppContext, image: gr.components.Component, recor
                 label="Caption to explain (blank: the captioner's own; press Enter after editing)",
                 elem_id="attention-caption",
             )
-        words = gr.Radio([], label="Words: click one", elem_id="attention-words")
+        # Interactive although no event reads its value: a click's index arrives with the select event.
+        words = gr.Radio([], label="Words: click one", interactive=True, elem_id="attention-words")
         with gr.Row():
             heatmap = gr.Image(
                 label="Attention heatmap", type="pil", format="png", interactive=False, height=320,
