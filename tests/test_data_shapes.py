@@ -280,3 +280,18 @@ def test_refuses_to_overwrite_a_foreign_dataset(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="not from a Shapes run"):
         shapes.generate_shapes_dataset(tmp_path, n=1, seed=0)
     assert "a real caption" in (tmp_path / "captions.txt").read_text(encoding="utf-8")
+
+
+def test_scene_labels_name_each_position_and_the_background():
+    from mmdemo.data.shapes import NO_OBJECT, POSITIONS, sample_scene, scene_labels
+
+    scenes = [sample_scene(random.Random(seed), max_objects=2) for seed in range(20)]
+    rows, classes = scene_labels(scenes)
+    positions = list(POSITIONS)
+    for scene, row in zip(scenes, rows):
+        assert len(row) == 3 * len(positions) + 1 and classes["bg"][row[-1]] == scene.background
+        by_position = {o.position: o for o in scene.objects}
+        for i, position in enumerate(positions):
+            obj = by_position.get(position)
+            named = [classes[a][row[3 * i + j]] for j, a in enumerate(("color", "shape", "size"))]
+            assert named == ([obj.color, obj.shape, obj.size] if obj else [NO_OBJECT] * 3)

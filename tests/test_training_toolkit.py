@@ -84,3 +84,29 @@ def test_plot_writes_a_picture_for_one_axes_and_for_panels(tmp_path):
     # An empty or all-NaN curve is left out rather than breaking the plot.
     plot_loss_curves(tmp_path / "empty.png", [Curve("nan", [0, 1], [float("nan")] * 2)])
     assert (tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_step_rows_cover_each_epoch_once_split_over_processes():
+    """Every full batch of an epoch is split between the processes without overlap, an epoch visits each row
+    at most once, and the same step always gives the same rows (so a resumed run continues exactly)."""
+    import argparse
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmdemo.training import check_at_least_one, recent_loss, step_rows
+
+    procs = [SimpleNamespace(process_index=i, num_processes=2) for i in range(2)]
+    epoch = []
+    for step in range(3):  # 10 rows, batches of 3: three full batches an epoch
+        halves = [step_rows(10, step, 3, seed=5, accelerator=p) for p in procs]
+        assert not set(halves[0].tolist()) & set(halves[1].tolist())
+        epoch += torch.cat(halves).tolist()
+    assert len(epoch) == len(set(epoch)) == 9
+    assert torch.equal(step_rows(10, 4, 3, 5, procs[0]), step_rows(10, 4, 3, 5, procs[0]))
+    assert not torch.equal(step_rows(10, 3, 3, 5, procs[0]), step_rows(10, 0, 3, 5, procs[0]))  # a new epoch
+
+    assert recent_loss([[0, 4.0], [1, 2.0], [2, 1.0]], 2) == 1.5 and recent_loss([], 5) == 0.0
+    check_at_least_one(argparse.Namespace(steps=1, limit=None), ("steps", "limit"))
+    with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):
+        check_at_least_one(argparse.Namespace(steps=3, batch_size=0), ("steps", "batch_size"))

@@ -29,19 +29,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmdemo.training import set_threads
+from mmdemo.training import (
+    add_data_argument,
+    check_at_least_one,
+    check_captions_folder,
+    script_parser,
+    set_threads,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from mmdemo.registry import CAPTIONER_IDS
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--model", required=True, choices=CAPTIONER_IDS)
-    parser.add_argument(
-        "--data", type=Path, required=True, help="Flickr8k-layout folder (Images/ + captions.txt)"
-    )
+    add_data_argument(parser)
     parser.add_argument("--profile", choices=("demo", "full", "auto"), default="demo")
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="a training output folder to evaluate instead"
@@ -78,12 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from mmdemo.eval.captions import parse_metrics
 
     args.metrics = parse_metrics(args.metrics)
-    if not (args.data / "captions.txt").is_file():
-        raise ValueError(f"{args.data} has no captions.txt; pass a Flickr8k-layout folder")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_captions_folder(args.data)
+    check_at_least_one(args, ("limit", "batch_size"))
     if args.checkpoint is not None and not (args.checkpoint / "config.json").is_file():
         raise ValueError(
             f"--checkpoint {args.checkpoint} has no config.json (a train_captioner.py --out folder)"

@@ -32,8 +32,6 @@ from mmdemo.models.xattn.network import (
 )
 from mmdemo.training import set_threads
 
-NONE = "<none>"
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -61,23 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def scene_targets(scenes: list) -> tuple[torch.Tensor, dict[str, list[str]]]:
-    """(N, 5 * 3 + 1) class ids: per position colour/shape/size (or none), then the background."""
-    from mmdemo.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+    """(N, 5 * 3 + 1) class ids: per position colour/shape/size (or none), then the background; the classes."""
+    from mmdemo.data.shapes import scene_labels
 
-    classes = {
-        "color": [NONE, *COLORS],
-        "shape": [NONE, *SHAPES],
-        "size": [NONE, *SIZES],
-        "bg": list(BACKGROUNDS),
-    }
-    rows = []
-    for scene in scenes:
-        by_position = {o.position: o for o in scene.objects}
-        row = []
-        for position in POSITIONS:
-            obj = by_position.get(position)
-            row += [classes[a].index(getattr(obj, a) if obj else NONE) for a in ("color", "shape", "size")]
-        rows.append([*row, classes["bg"].index(scene.background)])
+    rows, classes = scene_labels(scenes)
     return torch.tensor(rows), classes
 
 

@@ -26,29 +26,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdemo.models.qformer.network import VISION_PRESETS, _pil_to_tensor, vision_config
-from mmdemo.training.checkpoints import resume_state
-from mmdemo.training.checkpoints import save_state as save_rolling_state
+from mmdemo.training import (
+    add_step_loop_arguments,
+    check_at_least_one,
+    finish_step,
+    make_accelerator,
+    progress_bar,
+    recent_loss,
+    script_parser,
+    set_threads,
+    step_rows,
+)
+from mmdemo.training.checkpoints import rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
-
-NONE = "<none>"
 
 
 def scene_targets(scenes: list) -> tuple[torch.Tensor, list[int]]:
     """(N, 5 * 3 + 1) class ids (per position: colour, shape, size or none; then the background), class counts."""
-    from mmdemo.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+    from mmdemo.data.shapes import LABELLED_ATTRIBUTES, POSITIONS, scene_labels
 
-    tables = [[NONE, *COLORS], [NONE, *SHAPES], [NONE, *SIZES]]
-    backgrounds = list(BACKGROUNDS)
-    rows = []
-    for scene in scenes:
-        at = {o.position: o for o in scene.objects}
-        row = []
-        for position in POSITIONS:
-            obj = at.get(position)
-            values = (obj.color, obj.shape, obj.size) if obj else (NONE, NONE, NONE)
-            row += [table.index(value) for table, value in zip(tables, values)]
-        rows.append([*row, backgrounds.index(scene.background)])
-    return torch.tensor(rows), [len(t) for t in tables] * len(POSITIONS) + [len(backgrounds)]
+    rows, classes = scene_labels(scenes)
+    return torch.tensor(rows), [len(classes[a]) for a in LABELLED_ATTRIBUTES] * len(POSITIONS) + [len(classes["bg"])]
 
 
 class SceneProbe(nn.Module):
@@ -68,9 +66,7 @@ class SceneProbe(nn.Module):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument(
         "--data", type=Path, required=True, help="Shapes folder (Images/, captions.txt, scenes.jsonl)"
     )
@@ -78,23 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--vision", default="eva-vit-tiny", choices=[k for k in VISION_PRESETS if k.endswith("tiny")]
     )
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpointing-steps", type=int, default=200)
-    parser.add_argument(
-        "--resume-from-checkpoint", default=None, help='"latest" (OUT/state) or a state folder'
-    )
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop early (with a checkpoint)")
+    add_step_loop_arguments(parser, steps=1200, batch_size=64, lr=1e-3, checkpointing_steps=200)
     args = parser.parse_args(argv)
     if not (args.data / "scenes.jsonl").is_file():
         raise ValueError(
             f"{args.data} has no scenes.jsonl; write a Shapes folder with python -m mmdemo.data.shapes"
         )
-    for name in ("steps", "batch_size", "checkpointing_steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    check_at_least_one(args, ("steps", "batch_size", "checkpointing_steps"))
     if args.lr <= 0:
         raise ValueError("--lr must be > 0")
     return args
@@ -102,12 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import Blip2VisionModel
 
     from mmdemo.data.flickr8k import captioning_split, load_flickr8k
     from mmdemo.data.shapes import load_scenes
-    from mmdemo.training import finish_step, make_accelerator, set_threads
 
     set_threads()
     accelerator = make_accelerator()
@@ -126,30 +110,14 @@ def main(args: argparse.Namespace) -> dict:
     probe = SceneProbe(vision, (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size, sizes)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.01)
     probe, optimizer = accelerator.prepare(probe, optimizer)
-    state = {"global_step": 0, "history": []}
-    state = resume_state(accelerator, args.out, args.resume_from_checkpoint, state)
-
-    def save_state() -> None:
-        save_rolling_state(accelerator, args.out, state)
-
-    world, rank = accelerator.num_processes, accelerator.process_index
+    state, save_state = rolling_state(accelerator, args.out, args.resume_from_checkpoint)
     train_rows = torch.arange(n_held, len(names))
-    per_epoch = max(1, len(train_rows) // args.batch_size)
     start = time.time()
-    progress = tqdm(
-        total=args.steps,
-        initial=state["global_step"],
-        desc="tiny ViT",
-        disable=not accelerator.is_main_process,
-    )
+    progress = progress_bar(accelerator, args.steps, state["global_step"], "tiny ViT")
     probe.train()
     while state["global_step"] < args.steps:
         step = state["global_step"]
-        epoch, index = divmod(step, per_epoch)
-        order = train_rows[
-            torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
-        ]
-        rows = order[index * args.batch_size : (index + 1) * args.batch_size][rank::world]
+        rows = train_rows[step_rows(len(train_rows), step, args.batch_size, args.seed, accelerator)]
         logits = probe(pixels[rows].to(accelerator.device))
         target = targets[rows].to(accelerator.device)
         loss = sum(F.cross_entropy(lg, target[:, j]) for j, lg in enumerate(logits)) / len(logits)
@@ -171,9 +139,7 @@ def main(args: argparse.Namespace) -> dict:
         "data": str(args.data),
         "seed": args.seed,
         "steps": state["global_step"],
-        "final_loss": round(
-            sum(h[1] for h in state["history"][-20:]) / max(1, len(state["history"][-20:])), 4
-        ),
+        "final_loss": recent_loss(state["history"], 20),
         "held_out_attribute_accuracy": round(correct.float().mean().item(), 4),
         "held_out_scene_accuracy": round(correct.all(dim=1).float().mean().item(), 4),
         "minutes_this_run": round((time.time() - start) / 60, 2),

@@ -34,8 +34,19 @@ from pathlib import Path
 import torch
 
 from mmdemo.models.qformer.network import LLM_PRESETS, REPORT_PROMPT, build_shapes_bpe, llm_config
-from mmdemo.training.checkpoints import resume_state
-from mmdemo.training.checkpoints import save_state as save_rolling_state
+from mmdemo.training import (
+    add_step_loop_arguments,
+    check_at_least_one,
+    check_captions_folder,
+    finish_step,
+    make_accelerator,
+    progress_bar,
+    recent_loss,
+    script_parser,
+    set_threads,
+    step_rows,
+)
+from mmdemo.training.checkpoints import rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
 
 
@@ -75,38 +86,23 @@ def make_batch(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True, help="Shapes folder (captions.txt)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--llm", default="tiny-llama-shapes", choices=[k for k in LLM_PRESETS if k.startswith("tiny")]
     )
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    add_step_loop_arguments(parser, steps=1500, batch_size=64, lr=2e-3, checkpointing_steps=250)
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--prompt-fraction", type=float, default=0.5)
     parser.add_argument(
         "--context-fraction", type=float, default=0.75, help="share of sequences with a context"
     )
     parser.add_argument("--max-caption-tokens", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpointing-steps", type=int, default=250)
-    parser.add_argument(
-        "--resume-from-checkpoint", default=None, help='"latest" (OUT/state) or a state folder'
-    )
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop early (with a checkpoint)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     args = parser.parse_args(argv)
-    if not (args.data / "captions.txt").is_file():
-        raise ValueError(
-            f"{args.data} has no captions.txt; write one with python -m mmdemo.data.shapes --out DIR"
-        )
-    for name in ("steps", "batch_size", "checkpointing_steps", "max_caption_tokens"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    check_captions_folder(args.data)
+    check_at_least_one(args, ("steps", "batch_size", "checkpointing_steps", "max_caption_tokens"))
     if not (0.0 <= args.prompt_fraction <= 1.0 and 0.0 <= args.context_fraction <= 1.0):
         raise ValueError("--prompt-fraction and --context-fraction must be between 0 and 1")
     if args.lr <= 0 or args.warmup_steps < 0:
@@ -116,10 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
-    from mmdemo.training import finish_step, make_accelerator, set_threads
 
     set_threads()
     accelerator = make_accelerator(mixed_precision=args.mixed_precision)
@@ -145,30 +139,13 @@ def main(args: argparse.Namespace) -> dict:
     # and only registered for checkpointing (prepare() would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    state = {"global_step": 0, "history": []}
-    state = resume_state(accelerator, args.out, args.resume_from_checkpoint, state)
-
-    def save_state() -> None:
-        save_rolling_state(accelerator, args.out, state)
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = max(1, len(captions) // args.batch_size)
+    state, save_state = rolling_state(accelerator, args.out, args.resume_from_checkpoint)
     start = time.time()
-    progress = tqdm(
-        total=args.steps,
-        initial=state["global_step"],
-        desc="tiny LM",
-        disable=not accelerator.is_main_process,
-    )
+    progress = progress_bar(accelerator, args.steps, state["global_step"], "tiny LM")
     model.train()
     while state["global_step"] < args.steps:
         step = state["global_step"]
-        epoch, index = divmod(step, per_epoch)
-        # The batch is a pure function of the step, so resuming neither repeats nor skips data.
-        order = torch.randperm(
-            len(captions), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        )
-        rows = order[index * args.batch_size : (index + 1) * args.batch_size][rank::world].tolist()
+        rows = step_rows(len(captions), step, args.batch_size, args.seed, accelerator).tolist()
         coin = random.Random(args.seed * 1_000_003 + step)
         prompts = [coin.random() < args.prompt_fraction for _ in rows]
         contexts = []
@@ -197,9 +174,7 @@ def main(args: argparse.Namespace) -> dict:
         "steps": state["global_step"],
         "train_captions": len(captions),
         "tokenizer_entries": len(tokenizer),
-        "final_loss": round(
-            sum(h[1] for h in state["history"][-50:]) / max(1, len(state["history"][-50:])), 4
-        ),
+        "final_loss": recent_loss(state["history"], 50),
         "minutes_this_run": round((time.time() - start) / 60, 2),
     }
     if accelerator.is_main_process:

@@ -48,6 +48,13 @@ from mmdemo.captioners.base import (
     features_to,
 )
 from mmdemo.recipes import CAPTIONER, add_recipe_argument, apply_recipe
+from mmdemo.training import (
+    add_data_argument,
+    add_rolling_state_arguments,
+    check_at_least_one,
+    check_captions_folder,
+    script_parser,
+)
 from mmdemo.training.checkpoints import resume_state
 from mmdemo.training.checkpoints import save_state as save_rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
@@ -146,19 +153,20 @@ def load_or_compute_features(
     """Features of ``names`` (in that order), from the disk cache when its key matches."""
     from safetensors.torch import load_file, save_file
 
-    dtype = DTYPES[args.feature_dtype]
-    info: dict[str, Any] = {"cache": "off"}
-    if args.no_cache_features:
-        feats = compute_features(
+    def compute() -> Features:
+        return compute_features(
             network,
             corpus,
             names,
             args.encode_batch_size,
-            dtype,
+            DTYPES[args.feature_dtype],
             accelerator.device,
             accelerator.is_local_main_process,
         )
-        return feats, info
+
+    info: dict[str, Any] = {"cache": "off"}
+    if args.no_cache_features:
+        return compute(), info
     key = cache_key(network, corpus, names, args.feature_dtype)
     path = args.cache_dir / f"features-{key}.safetensors"
     info = {"cache": str(path), "key": key}
@@ -168,15 +176,7 @@ def load_or_compute_features(
             info["hit"] = True
         else:
             info["hit"] = False
-            feats = compute_features(
-                network,
-                corpus,
-                names,
-                args.encode_batch_size,
-                dtype,
-                accelerator.device,
-                accelerator.is_local_main_process,
-            )
+            feats = compute()
             stored = feats if isinstance(feats, dict) else {"__tensor__": feats}
             if accelerator.is_main_process:
                 args.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -220,13 +220,9 @@ def mixed_precision(choice: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from mmdemo.registry import CAPTIONER_IDS
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--model", required=True, choices=CAPTIONER_IDS)
-    parser.add_argument(
-        "--data", type=Path, required=True, help="Flickr8k-layout folder (Images/ + captions.txt)"
-    )
+    add_data_argument(parser)
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder (checkpoint, state, loss curve)"
     )
@@ -269,13 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps"
     )
-    parser.add_argument(
-        "--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long"
-    )
-    parser.add_argument("--checkpointing-steps", type=int, default=500)
-    parser.add_argument(
-        "--resume-from-checkpoint", default=None, help='"latest" (OUT/state) or a state folder'
-    )
+    add_rolling_state_arguments(parser, checkpointing_steps=500)
     parser.add_argument(
         "--no-cache-features", action="store_true", help="keep encoder features in memory only"
     )
@@ -293,28 +283,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     apply_recipe(args, CAPTIONER)
 
-    if not (args.data / "captions.txt").is_file():
-        raise ValueError(
-            f"{args.data} has no captions.txt; pass a Flickr8k-layout folder "
-            "(python -m mmdemo.data.shapes --out DIR writes one)"
-        )
-    for name in (
-        "epochs",
-        "batch_size",
-        "captions_per_image",
-        "checkpointing_steps",
-        "encode_batch_size",
-        "eval_batch_size",
-        "lr_step_epochs",
-    ):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_captions_folder(args.data)
+    check_at_least_one(args, ("epochs", "batch_size", "captions_per_image", "checkpointing_steps",
+                              "encode_batch_size", "eval_batch_size", "lr_step_epochs", "max_steps"))
     if args.captions_per_image > 5:
         raise ValueError("--captions-per-image must be between 1 and 5")
     if not (args.lr > 0 and args.weight_decay >= 0 and 0 < args.lr_gamma <= 1):
         raise ValueError("--lr must be > 0, --weight-decay >= 0 and --lr-gamma in (0, 1]")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ValueError("--max-steps must be at least 1")
     try:
         args.config_override = json.loads(args.config_override)
     except json.JSONDecodeError as err:

@@ -48,7 +48,7 @@ from mmdemo.models.infinity import (
 from mmdemo.models.infinity.loading import save_demo_checkpoint
 from mmdemo.models.infinity.schedules import get_schedule
 from mmdemo.registry import get_spec
-from mmdemo.training import set_threads
+from mmdemo.training import check_at_least_one, check_captions_folder, script_parser, set_threads
 from mmdemo.training.checkpoints import checkpoint_step, last_checkpoint
 from mmdemo.training.plots import Curve, plot_loss_curves
 
@@ -76,11 +76,11 @@ def load_shapes(folder: Path, image_size: int) -> tuple[torch.Tensor, list[list[
     return x, [captions[n] for n in names]
 
 
-def batch_indices(step: int, seed: int, n: int, batch: int, rank: int, world: int) -> torch.Tensor:
+def batch_indices(step: int, seed: int, n: int, batch: int, accelerator) -> torch.Tensor:
     """This process's share of step ``step``'s batch; depends only on (seed, step), so resumes are exact."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     idx = torch.randint(n, (batch,), generator=g)
-    return idx[rank::world]
+    return idx[accelerator.process_index :: accelerator.num_processes]
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -97,11 +97,44 @@ def previous_losses(path: Path, start: int) -> list[float]:
     return json.loads(path.read_text())[:start]
 
 
+def resume_phase(args: argparse.Namespace, accelerator, phase: str) -> tuple[int, list[float]]:
+    """The first step of ``phase`` ("vae" or "transformer") still to run and the losses before it; with
+    ``--resume``, the phase's newest ``checkpoints/<phase>-<step>`` is loaded into ``accelerator`` first."""
+    folder = last_checkpoint(args.out / "checkpoints", prefix=f"{phase}-") if args.resume else None
+    start = 0
+    if folder is not None:
+        start = checkpoint_step(folder, prefix=f"{phase}-")
+        accelerator.load_state(str(folder))
+        logger.info("resumed %s from %s", phase, folder)
+    return start, previous_losses(args.out / f"{phase}_losses.json", start)
+
+
+def update(accelerator, opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor, clip: float) -> None:
+    """One optimiser step on ``loss`` with the gradient norm clipped to ``clip``."""
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
+def end_step(args: argparse.Namespace, accelerator, phase: str, step: int, total: int, loss: torch.Tensor,
+             losses: list[float], started: float) -> None:
+    """After ``step`` of ``total``: record the loss, log it every 100 steps, and every ``--checkpoint-every``
+    steps and at the end save the accelerate state as ``checkpoints/<phase>-<done>`` with the loss history."""
+    losses.append(loss.item())
+    if step % 100 == 0 or step == total - 1:
+        logger.info("%s step %d loss %.4f (%.1fs)", phase, step, loss.item(), time.time() - started)
+    done = step + 1
+    if done % args.checkpoint_every == 0 or done == total:
+        accelerator.save_state(str(args.out / "checkpoints" / f"{phase}-{done}"))
+        (args.out / f"{phase}_losses.json").write_text(json.dumps(losses))
+
+
 # ------------------------------------------------------------------------------------------ args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--data", type=Path, required=True, help="Shapes folder (Images/ + captions.txt)")
     p.add_argument(
         "--out", type=Path, required=True, help="run folder; the demo checkpoint goes to OUT/final"
@@ -120,13 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of each phase")
     p.add_argument("--max-images", type=int, default=0, help="use only the first N images (0: all)")
     args = p.parse_args(argv)
-    if not (args.data / "captions.txt").is_file():
-        raise ValueError(
-            f"--data {args.data} has no captions.txt; make one with `python -m mmdemo.data.shapes`"
-        )
-    for name in ("vae_steps", "tf_steps", "batch_size", "checkpoint_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    check_captions_folder(args.data)
+    check_at_least_one(args, ("vae_steps", "tf_steps", "batch_size", "checkpoint_every"))
     if args.vae_lr <= 0 or args.tf_lr <= 0:
         raise ValueError("learning rates must be > 0")
     return args
@@ -148,40 +176,18 @@ def train_vae(args, fam: InfinityFamilyConfig, images: torch.Tensor, accelerator
     scales = list(get_schedule(1.0, fam.default_budget, fam.budget_scales, fam.stride).scales)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, betas=(0.9, 0.95), weight_decay=0.0)
     vae, opt = accelerator.prepare(vae, opt)
-    start = 0
-    if args.resume:
-        folder = last_checkpoint(args.out / "checkpoints", prefix="vae-")
-        if folder is not None:
-            start = checkpoint_step(folder, prefix="vae-")
-            accelerator.load_state(str(folder))
-            logger.info("resumed VAE from %s", folder)
-    losses = previous_losses(args.out / "vae_losses.json", start)
+    start, losses = resume_phase(args, accelerator, "vae")
     t0 = time.time()
     for step in range(start, args.vae_steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.vae_steps, args.vae_lr, args.warmup)
-        idx = batch_indices(
-            step,
-            args.seed,
-            len(images),
-            args.batch_size,
-            accelerator.process_index,
-            accelerator.num_processes,
-        )
+        idx = batch_indices(step, args.seed, len(images), args.batch_size, accelerator)
         x = images[idx].to(accelerator.device)
         with accelerator.autocast():
             recon, _ = vae(x, scales)
             loss = F.mse_loss(recon, x) + 0.2 * F.l1_loss(recon, x)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.vae_steps - 1:
-            logger.info("vae step %d loss %.4f (%.1fs)", step, loss.item(), time.time() - t0)
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vae_steps:
-            accelerator.save_state(str(args.out / "checkpoints" / f"vae-{step + 1}"))
-            (args.out / "vae_losses.json").write_text(json.dumps(losses))
+        update(accelerator, opt, vae, loss, clip=1.0)
+        end_step(args, accelerator, "vae", step, args.vae_steps, loss, losses, t0)
     (args.out / "vae_losses.json").write_text(json.dumps(losses))
     return accelerator.unwrap_model(vae)
 
@@ -230,27 +236,13 @@ def train_transformer(args, fam: InfinityFamilyConfig, vae: BSQVAE, images, capt
     )
     opt = torch.optim.AdamW(model.parameters(), lr=args.tf_lr, betas=(0.9, 0.95), weight_decay=0.01)
     model, opt = accelerator.prepare(model, opt)
-    start = 0
-    if args.resume:
-        folder = last_checkpoint(args.out / "checkpoints", prefix="transformer-")
-        if folder is not None:
-            start = checkpoint_step(folder, prefix="transformer-")
-            accelerator.load_state(str(folder))
-            logger.info("resumed transformer from %s", folder)
-    losses = previous_losses(args.out / "transformer_losses.json", start)
+    start, losses = resume_phase(args, accelerator, "transformer")
     t0 = time.time()
     model.train()
     for step in range(start, args.tf_steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.tf_steps, args.tf_lr, args.warmup)
-        cap = batch_indices(
-            step,
-            args.seed + 7,
-            len(flat_caps),
-            args.batch_size,
-            accelerator.process_index,
-            accelerator.num_processes,
-        )
+        cap = batch_indices(step, args.seed + 7, len(flat_caps), args.batch_size, accelerator)
         img = owner[cap]
         ids, mask = ids_all[cap], mask_all[cap]
         keep = int(mask.sum(1).max())
@@ -262,16 +254,8 @@ def train_transformer(args, fam: InfinityFamilyConfig, vae: BSQVAE, images, capt
             )
             B, L, _ = logits.shape
             loss = F.cross_entropy(logits.float().view(B * L * d, 2), targets[img].to(dev).view(-1))
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 2.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.tf_steps - 1:
-            logger.info("transformer step %d bit-CE %.4f (%.1fs)", step, loss.item(), time.time() - t0)
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.tf_steps:
-            accelerator.save_state(str(args.out / "checkpoints" / f"transformer-{step + 1}"))
-            (args.out / "transformer_losses.json").write_text(json.dumps(losses))
+        update(accelerator, opt, model, loss, clip=2.0)  # the loss: bit cross-entropy
+        end_step(args, accelerator, "transformer", step, args.tf_steps, loss, losses, t0)
     (args.out / "transformer_losses.json").write_text(json.dumps(losses))
     unwrapped = accelerator.unwrap_model(model)
     return unwrapped.t5, unwrapped.infinity

@@ -601,6 +601,27 @@ def load_scenes(folder: str | Path) -> dict[str, ShapesScene]:
     return scenes
 
 
+NO_OBJECT = "<none>"  # the label of an empty position
+LABELLED_ATTRIBUTES = ("color", "shape", "size")
+
+
+def scene_labels(scenes: Iterable[ShapesScene]) -> tuple[list[list[int]], dict[str, list[str]]]:
+    """What a vision encoder pretrained to recognise scenes predicts: per scene, for each of ``POSITIONS`` the
+    class ids of its object's colour, shape and size (``NO_OBJECT`` where the position is empty), then the
+    background's; and the classes, by attribute (``"bg"``: the background)."""
+    classes = {a: [NO_OBJECT, *values] for a, values in zip(LABELLED_ATTRIBUTES, (COLORS, SHAPES, SIZES))}
+    classes["bg"] = list(BACKGROUNDS)
+    rows = []
+    for scene in scenes:
+        by_position = {o.position: o for o in scene.objects}
+        row = []
+        for position in POSITIONS:
+            obj = by_position.get(position)
+            row += [classes[a].index(getattr(obj, a) if obj else NO_OBJECT) for a in LABELLED_ATTRIBUTES]
+        rows.append([*row, classes["bg"].index(scene.background)])
+    return rows, classes
+
+
 def _check_arguments(n: int, size: int, max_objects: int, style: str) -> None:
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")

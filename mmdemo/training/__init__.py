@@ -3,8 +3,11 @@ the submodules (:mod:`mmdemo.training.checkpoints`, :mod:`mmdemo.training.plots`
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +20,59 @@ def set_threads() -> None:
         torch.set_num_threads(max(1, int(threads)))
 
 
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a training script: its module docstring, laid out as written, is the help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: a Flickr8k-layout folder (``Images/`` + ``captions.txt``), as every script reads its data."""
+    parser.add_argument(
+        "--data", type=Path, required=True, help="Flickr8k-layout folder (Images/ + captions.txt)"
+    )
+
+
+def add_rolling_state_arguments(parser: argparse.ArgumentParser, checkpointing_steps: int) -> None:
+    """``--checkpointing-steps``, ``--resume-from-checkpoint`` and ``--max-minutes`` of a script that keeps one
+    rolling ``OUT/state/`` folder (:func:`mmdemo.training.checkpoints.rolling_state`)."""
+    parser.add_argument("--checkpointing-steps", type=int, default=checkpointing_steps)
+    parser.add_argument(
+        "--resume-from-checkpoint", default=None, help='"latest" (OUT/state) or a state folder'
+    )
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long"
+    )
+
+
+def add_step_loop_arguments(
+    parser: argparse.ArgumentParser, *, steps: int, batch_size: int, lr: float, checkpointing_steps: int
+) -> None:
+    """What a fixed-step loop over :func:`step_rows` batches takes (``--steps``, ``--batch-size``, ``--lr``,
+    ``--seed``) and its rolling state's options (:func:`add_rolling_state_arguments`), with these defaults."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="global batch (split over processes)")
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--seed", type=int, default=0)
+    add_rolling_state_arguments(parser, checkpointing_steps)
+
+
+def check_captions_folder(folder: Path, flag: str = "--data") -> None:
+    """``ValueError`` unless ``folder`` is a Flickr8k-layout folder (it has ``captions.txt``)."""
+    if not (folder / "captions.txt").is_file():
+        raise ValueError(
+            f"{flag} {folder} has no captions.txt; pass a Flickr8k-layout folder "
+            "(python -m mmdemo.data.shapes --out DIR writes one)"
+        )
+
+
+def check_at_least_one(args: argparse.Namespace, names: Iterable[str]) -> None:
+    """``ValueError`` naming the first of the options ``names`` (argparse names) set below 1, and its value."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def make_accelerator(**kwargs: Any) -> Any:
     """``accelerate.Accelerator(**kwargs)`` that forms a real process group on a machine without CUDA.
 
@@ -26,6 +82,32 @@ def make_accelerator(**kwargs: Any) -> Any:
     from accelerate import Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+def step_rows(n: int, step: int, batch_size: int, seed: int, accelerator: Any) -> torch.Tensor:
+    """Which of ``n`` rows this process trains on at global ``step``.
+
+    Epoch ``e`` is a permutation seeded by ``seed * 1000 + e``, cut into full batches of ``batch_size``, each
+    split over the processes. The batch is a pure function of the step, so resuming neither repeats nor skips
+    data.
+    """
+    epoch, index = divmod(step, max(1, n // batch_size))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    batch = order[index * batch_size : (index + 1) * batch_size]
+    return batch[accelerator.process_index :: accelerator.num_processes]
+
+
+def progress_bar(accelerator: Any, total: int, initial: int, desc: str) -> Any:
+    """A tqdm bar shown by the main process only."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not accelerator.is_main_process)
+
+
+def recent_loss(history: list[list[float]], last: int) -> float:
+    """Mean of the last ``last`` losses of a ``[[step, loss], ...]`` history, rounded to 4 digits (0 if empty)."""
+    tail = history[-last:]
+    return round(sum(h[1] for h in tail) / max(1, len(tail)), 4)
 
 
 def time_is_up(accelerator: Any, started: float, max_minutes: float | None) -> bool:

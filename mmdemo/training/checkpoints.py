@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,13 @@ def resume_state(accelerator: Any, out: Path, resume_from: str | None, state: di
         raise ValueError(f"no checkpoint in {folder} (expected {TRAIN_STATE})")
     accelerator.print(f"no checkpoint in {folder}; starting from scratch")
     return state
+
+
+def rolling_state(accelerator: Any, out: Path, resume_from: str | None) -> tuple[dict, Callable[[], None]]:
+    """A loop's counters ``{"global_step", "history"}``, resumed as :func:`resume_state` does, and the function
+    that saves them with the accelerate state in ``<out>/state/``."""
+    state = resume_state(accelerator, out, resume_from, {"global_step": 0, "history": []})
+    return state, lambda: save_state(accelerator, out, state)
 
 
 def save_state(accelerator: Any, out: Path, state: dict) -> None:
