@@ -231,3 +231,15 @@ def test_the_generate_handler_streams_previews_only_when_asked():
         else:
             assert early == []
         assert outputs[-1][records][0]["error"] is None and outputs[-1][panel] is not None
+
+
+@pytest.mark.bench
+def test_the_previews_bench_prints_a_ratio_per_model(capsys):
+    from conftest import load_script
+
+    bench = load_script("previews", folder="bench")
+    rows = bench.main(bench.parse_args(["--models", "infinity-2b", "--repeats", "1"]))
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("infinity-2b"))
+    assert row.split()[3] == f"{rows[0]['ratio']:.3f}" and rows[0]["ratio"] > 0, out
+    assert rows[0]["previews"] >= 2 and rows[0]["same_final_picture"] is True, rows
