@@ -30,25 +30,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
 from mmdemo.models.diffusion.latent import LatentDiffusionConfig, LatentDiffusionModel
 from mmdemo.models.diffusion.sampling import training_scheduler
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
-from mmdemo.models.diffusion.text_to_image import MODEL_FILE, sample_images
+from mmdemo.models.diffusion.text_to_image import sample_images
 from mmdemo.models.diffusion.training import (
     DenoiserTask,
     add_denoiser_arguments,
     check_denoiser_arguments,
-    json_ready,
+    denoiser_config_values,
+    export_text_to_image,
     load_captioned_images,
     sample_prompts,
-    save_weights,
     start_run,
     train_denoiser,
 )
@@ -76,13 +74,8 @@ def build_config(args: argparse.Namespace, text_encoder) -> LatentDiffusionConfi
             continue
         values[key] = stage1[key]
     if args.config == "tiny":
-        values["text_encoder"] = Path(args.text_encoder).name
-        values["text_encoder_config"] = {k: getattr(text_encoder.config, k) for k in TEXT_CONFIG_KEYS}
         values["cross_attention_dim"] = int(text_encoder.config.hidden_size)
-    for key in ("prediction_type", "beta_schedule"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    return LatentDiffusionConfig.from_dict(values)
+    return LatentDiffusionConfig.from_dict(denoiser_config_values(args, values, text_encoder, TEXT_CONFIG_KEYS))
 
 
 def encode_dataset(
@@ -126,11 +119,8 @@ def cached_latents(
 
 
 def export_model(model: LatentDiffusionModel, tokenizer, out: Path, *, fp16: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(json_ready(model.config.to_dict()), indent=1))
-    save_weights(model.trainable_state_dict(), out / MODEL_FILE, fp16=fp16)
-    model.text_encoder.save_pretrained(out / TEXT_ENCODER_DIR, safe_serialization=True)
-    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    """Write the self-describing checkpoint the adapter loads (weights as they are in ``model`` now)."""
+    export_text_to_image(model, model.trainable_state_dict(), tokenizer, out, fp16=fp16)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -35,25 +35,23 @@ continues from the newest one exactly where it stopped. The final model (``confi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
 from mmdemo.models.diffusion.pixel import PixelDiffusionConfig, PixelDiffusionModel
 from mmdemo.models.diffusion.sampling import training_scheduler
 from mmdemo.models.diffusion.text import encode_text, load_text_encoder, load_tokenizer
-from mmdemo.models.diffusion.text_to_image import MODEL_FILE, sample_images
+from mmdemo.models.diffusion.text_to_image import sample_images
 from mmdemo.models.diffusion.training import (
     DenoiserTask,
     add_denoiser_arguments,
     check_denoiser_arguments,
-    json_ready,
+    denoiser_config_values,
+    export_text_to_image,
     load_captioned_images,
     sample_prompts,
-    save_weights,
     start_run,
     train_denoiser,
 )
@@ -68,13 +66,8 @@ TEXT_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_atten
 def build_config(args: argparse.Namespace, text_encoder) -> PixelDiffusionConfig:
     """The registry's full or tiny config, with the command line's overrides applied."""
     spec = get_spec("pixel-diffusion")
-    values = dict(spec.full_config if args.config == "full" else spec.tiny_config)
-    if args.config == "tiny":
-        values["text_encoder"] = Path(args.text_encoder).name
-        values["text_encoder_config"] = {k: getattr(text_encoder.config, k) for k in TEXT_CONFIG_KEYS}
-    for key in ("prediction_type", "beta_schedule"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
+    registry = spec.full_config if args.config == "full" else spec.tiny_config
+    values = denoiser_config_values(args, registry, text_encoder, TEXT_CONFIG_KEYS)
     if args.resolution is not None:
         values["sample_size"] = args.resolution
     values["cross_attention_mask"] = args.cross_attention_mask  # training and sampling must agree
@@ -83,11 +76,7 @@ def build_config(args: argparse.Namespace, text_encoder) -> PixelDiffusionConfig
 
 def export_model(model: PixelDiffusionModel, tokenizer, out: Path, *, fp16: bool) -> None:
     """Write the self-describing checkpoint the adapter loads (weights as they are in ``model`` now)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(json_ready(model.config.to_dict()), indent=1))
-    save_weights(model.denoiser.state_dict(), out / MODEL_FILE, fp16=fp16)
-    model.text_encoder.save_pretrained(out / TEXT_ENCODER_DIR, safe_serialization=True)
-    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+    export_text_to_image(model, model.denoiser.state_dict(), tokenizer, out, fp16=fp16)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

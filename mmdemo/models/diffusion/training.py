@@ -285,6 +285,37 @@ def process_record(accelerator: Any) -> dict[str, Any]:
     return {"processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type)}
 
 
+def denoiser_config_values(
+    args: argparse.Namespace, values: Mapping[str, Any], text_encoder: Any, text_config_keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """The config a denoiser script trains: ``values`` (the registry's full or tiny config and what the script
+    adds); at tiny size the frozen text encoder is ours, named by its folder and described by its config's
+    ``text_config_keys``; then the command line's ``--prediction-type`` and ``--beta-schedule``."""
+    values = dict(values)
+    if args.config == "tiny":
+        values["text_encoder"] = Path(args.text_encoder).name
+        values["text_encoder_config"] = {k: getattr(text_encoder.config, k) for k in text_config_keys}
+    for key in ("prediction_type", "beta_schedule"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    return values
+
+
+def export_text_to_image(
+    model: Any, weights: Mapping[str, torch.Tensor], tokenizer: Any, out: Path, *, fp16: bool
+) -> None:
+    """Write the self-describing folder the text-diffusion adapter loads: ``config.json``, the trained
+    ``weights``, and the frozen text encoder and its tokenizer in their sub-folders."""
+    from mmdemo.generators.text_diffusion import TEXT_ENCODER_DIR, TOKENIZER_DIR
+    from mmdemo.models.diffusion.text_to_image import MODEL_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(json_ready(model.config.to_dict()), indent=1))
+    save_weights(dict(weights), out / MODEL_FILE, fp16=fp16)
+    model.text_encoder.save_pretrained(out / TEXT_ENCODER_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+
+
 def sample_prompts(data: CaptionedImages, n: int = 8) -> list[str]:
     """Fixed prompts for the sample grids: the first caption of ``n`` evenly spaced training images."""
     picks = np.linspace(0, len(data) - 1, num=min(n, len(data))).round().astype(int)
