@@ -20,7 +20,6 @@ same device, and different pictures on a GPU and a CPU (the diffusion models dra
 from __future__ import annotations
 
 import gc
-from pathlib import Path
 from typing import Any
 
 from mmdemo.interfaces import GenerationRequest, GenerationResult, Generator, ProgressCallback
@@ -119,33 +118,12 @@ class InfinityGenerator(Generator):
     # ------------------------------------------------------------------ text
 
     def _load_text_encoder(self):
-        import torch
+        """T5, loaded on first use (and again after :meth:`free_text_encoder`)."""
+        from mmdemo.models.infinity.loading import load_text_encoder
 
-        if self._text_encoder is not None:
-            return self._tokenizer, self._text_encoder
-        folder = Path(self._text_folder)
-        if self.weights.profile == "demo":
-            from safetensors.torch import load_file
-            from transformers import PreTrainedTokenizerFast, T5EncoderModel
-
-            from mmdemo.models.infinity.loading import load_strict, tiny_t5_config
-
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-            encoder = T5EncoderModel(tiny_t5_config(self.family.t5))
-            state = load_file(str(folder / "text_encoder.safetensors"))
-            # The input embedding and the encoder's own copy are one tied tensor; safetensors stores it once.
-            state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
-            state.setdefault("shared.weight", state.get("encoder.embed_tokens.weight"))
-            load_strict(encoder, {k: v.float() for k, v in state.items()}, what=str(folder / "text_encoder"))
-        else:
-            from transformers import AutoTokenizer, T5EncoderModel
-
-            # As upstream: the legacy SentencePiece behaviour the model was trained with, fp16 on GPUs
-            # (transformers keeps T5's overflow-prone feed-forward output layers in fp32 by itself).
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=True)
-            dtype = torch.float16 if str(self.device).startswith("cuda") else torch.float32
-            encoder = T5EncoderModel.from_pretrained(str(folder), dtype=dtype)
-        self._tokenizer, self._text_encoder = tokenizer, encoder.to(self.device).eval().requires_grad_(False)
+        if self._text_encoder is None:
+            tiny = self.family.t5 if self.weights.profile == "demo" else None
+            self._tokenizer, self._text_encoder = load_text_encoder(self._text_folder, self.device, tiny)
         return self._tokenizer, self._text_encoder
 
     def free_text_encoder(self) -> None:
@@ -159,19 +137,11 @@ class InfinityGenerator(Generator):
 
     def encode_prompts(self, prompts: list[str]) -> tuple[Any, Any, list[str]]:
         """T5 features (B, T, Ct) float32, mask (B, T) bool, notices (truncation)."""
-        import torch
+        from mmdemo.models.infinity.loading import encode_text
 
         tokenizer, encoder = self._load_text_encoder()
         limit = self.family.transformer.get("text_maxlen", 512)
-        notices = []
-        full = tokenizer(prompts, truncation=False)["input_ids"]
-        if any(len(ids) > limit for ids in full):
-            notices.append(f"The prompt is longer than {limit} tokens; only the first {limit} were used.")
-        enc = tokenizer(prompts, padding="longest", truncation=True, max_length=limit, return_tensors="pt")
-        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-        with torch.no_grad():
-            text = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        return text, mask.bool(), notices
+        return encode_text(tokenizer, encoder, prompts, limit, self.device)
 
     # ------------------------------------------------------------------ generation
 

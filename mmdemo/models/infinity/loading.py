@@ -1,4 +1,5 @@
-"""Strict checkpoint loading for Infinity, and the text-encoder side (T5 configs, the demo tokenizer).
+"""Strict checkpoint loading for Infinity, and the text-encoder side (T5 configs, loading T5 and encoding
+prompts with it, the demo tokenizer).
 
 Strict means: every parameter and buffer of our module is filled from the file, every key of the file is
 used, and anything else is an error that names the keys. The only exceptions are listed here, each with
@@ -241,6 +242,50 @@ def tiny_t5_config(overrides: dict[str, Any] | None, vocab_size: int | None = No
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
     return T5Config(**kwargs)
+
+
+def load_text_encoder(folder: str | Path, device: str, tiny: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The T5 tokenizer and encoder (frozen, in eval mode, on ``device``) in ``folder``.
+
+    ``tiny`` (a demo folder's ``t5`` config): our tiny encoder (``text_encoder.safetensors``, read strictly) and
+    word-level tokenizer; otherwise a flan-t5-xl snapshot, as upstream runs it: the legacy SentencePiece
+    behaviour the model was trained with, fp16 on GPUs (transformers keeps T5's overflow-prone feed-forward
+    output layers in fp32 by itself).
+    """
+    folder = Path(folder)
+    if tiny is not None:
+        from safetensors.torch import load_file
+        from transformers import PreTrainedTokenizerFast, T5EncoderModel
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        encoder = T5EncoderModel(tiny_t5_config(tiny))
+        state = load_file(str(folder / "text_encoder.safetensors"))
+        # The input embedding and the encoder's own copy are one tied tensor; safetensors stores it once.
+        state.setdefault("encoder.embed_tokens.weight", state.get("shared.weight"))
+        state.setdefault("shared.weight", state.get("encoder.embed_tokens.weight"))
+        load_strict(encoder, {k: v.float() for k, v in state.items()}, what=str(folder / "text_encoder"))
+    else:
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), legacy=True)
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        encoder = T5EncoderModel.from_pretrained(str(folder), dtype=dtype)
+    return tokenizer, encoder.to(device).eval().requires_grad_(False)
+
+
+def encode_text(
+    tokenizer: Any, encoder: nn.Module, prompts: list[str], max_length: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """T5 features (B, T, Ct) float32, mask (B, T) bool, and a notice when a prompt was cut at ``max_length``."""
+    notices = []
+    full = tokenizer(prompts, truncation=False)["input_ids"]
+    if any(len(ids) > max_length for ids in full):
+        notices.append(f"The prompt is longer than {max_length} tokens; only the first {max_length} were used.")
+    enc = tokenizer(prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    with torch.no_grad():
+        text = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+    return text, mask.bool(), notices
 
 
 def build_word_tokenizer(captions: list[str]):
