@@ -205,3 +205,79 @@ def test_every_output_of_the_new_endpoint_has_a_name(client):
     assert returns == ["Attention heatmap", "Attention: caption, words, word, grid, note", "What the map is"]
     parameters = {p["parameter_name"]: p for p in endpoints["/caption"]["parameters"]}
     assert parameters["candidates"]["parameter_has_default"] and parameters["candidates"]["parameter_default"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ ITM match score
+
+
+@pytest.fixture(scope="module")
+def tiny_itm_checkpoint(tmp_path_factory):
+    """A random tiny ``Blip2ForImageTextRetrieval`` saved as the Hub folder is laid out (weights, config,
+    tokenizer): the stand-in for Salesforce/blip2-itm-vit-g, which cannot be downloaded here."""
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2QFormerConfig
+
+    from mmdemo.models.qformer.network import VISION_PRESETS, build_shapes_wordpiece
+
+    folder = tmp_path_factory.mktemp("blip2-itm-tiny")
+    captions = ["a red circle on the left", "a blue square at the top", "a green triangle in the middle"] * 4
+    tokenizer = build_shapes_wordpiece(captions, folder, vocab_size=80)
+    config = Blip2Config(
+        vision_config=VISION_PRESETS["eva-vit-tiny"],
+        qformer_config=Blip2QFormerConfig(
+            vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=128, encoder_hidden_size=VISION_PRESETS["eva-vit-tiny"]["hidden_size"],
+            max_position_embeddings=64, use_qformer_text_input=True,
+        ).to_dict(),
+        num_query_tokens=4,
+        image_text_hidden_size=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = Blip2ForImageTextRetrieval(config).eval()
+    with torch.no_grad():
+        reference.query_tokens.normal_(std=0.5)  # zeros at init would make every query alike
+        reference.itm_head.weight.normal_(std=0.05)
+    reference.save_pretrained(folder)
+    return folder, reference, tokenizer
+
+
+def reference_match(reference, tokenizer, pixels: torch.Tensor, caption: str) -> float:
+    text = tokenizer([caption], return_tensors="pt")
+    with torch.no_grad():
+        out = reference(pixels, text["input_ids"], text["attention_mask"], use_image_text_matching_head=True)
+    return float(out.logits_per_image.softmax(-1)[0, 1])
+
+
+def test_itm_matcher_on_cached_trunk_features_equals_the_library_model(tiny_itm_checkpoint, example):
+    from mmdemo.models.qformer.itm import ImageTextMatcher
+    from mmdemo.models.qformer.network import _pil_to_tensor
+
+    folder, reference, tokenizer = tiny_itm_checkpoint
+    matcher = ImageTextMatcher.from_folder(folder)
+    pixels = _pil_to_tensor([example, example], 64)
+    with torch.no_grad():
+        trunk = reference.vision_model.encoder(inputs_embeds=reference.vision_model.embeddings(pixels))
+    captions = ["a red circle on the left", "a green triangle in the middle"]
+    ours = matcher.probabilities(trunk.last_hidden_state, captions)
+    expected = [reference_match(reference, tokenizer, pixels[i : i + 1], c) for i, c in enumerate(captions)]
+    assert ours == pytest.approx(expected, abs=1e-5) and abs(ours[0] - ours[1]) > 1e-4, ours
+    assert ImageTextMatcher.from_folder(folder / "missing") is None
+
+
+def test_qformer_candidates_carry_the_itm_match_where_the_checkpoint_has_one(tiny_itm_checkpoint, example):
+    from mmdemo.captioners.qformer import QFormerBertCaptioner
+    from mmdemo.models.qformer.network import QFormerBertNetwork
+    from mmdemo.registry import REGISTRY
+    from mmdemo.weights import ResolvedWeights
+
+    folder, reference, tokenizer = tiny_itm_checkpoint
+    spec = REGISTRY["qformer-bert"]
+    config = {**spec.tiny_config, "freeze_vision": True, "vocab_size": len(tokenizer)}
+    network = QFormerBertNetwork.build(config, tokenizer=tokenizer)
+    network.vision_model.load_state_dict(reference.vision_model.state_dict())  # the same frozen trunk
+    full = QFormerBertCaptioner(spec, ResolvedWeights(spec.id, "full", {"vision": folder}), network.eval(), "cpu")
+    (result,) = full.caption([example], candidates=2, max_new_tokens=6)
+    pixels = network.preprocess([example])
+    for candidate in result.candidates:
+        assert candidate.match == pytest.approx(reference_match(reference, tokenizer, pixels, candidate.caption), abs=1e-5)
+    demo = QFormerBertCaptioner(spec, ResolvedWeights(spec.id, "demo", {"vision": folder}), network, "cpu")
+    assert all(c.match is None for c in demo.caption([example], candidates=2, max_new_tokens=6)[0].candidates)

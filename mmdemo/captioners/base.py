@@ -468,9 +468,16 @@ class CaptionerAdapter(Captioner):
                 pool += [c for c in dict.fromkeys(alternatives) if c not in pool][: n - 1]
         rows = torch.tensor([i for i, pool in enumerate(pools) for _ in pool])
         flat = [caption for pool in pools for caption in pool]
-        scores = iter(self.network.caption_logprobs(features_index(features, rows.to(self.device)), flat))
-        scored = [[CaptionCandidate(caption, float(next(scores))) for caption in pool] for pool in pools]
+        per_candidate = features_index(features, rows.to(self.device))
+        scores = iter(self.network.caption_logprobs(per_candidate, flat))
+        matches = iter(self.match_probabilities(per_candidate, flat) or [None] * len(flat))
+        scored = [[CaptionCandidate(caption, float(next(scores)), next(matches)) for caption in pool] for pool in pools]
         return [sorted(pool, key=lambda c: -c.mean_logprob) for pool in scored]
+
+    def match_probabilities(self, features: Features, captions: list[str]) -> list[float] | None:
+        """P(caption ``i`` matches the picture of row ``i``) from an image-text match head, where the model
+        has one loaded; ``None`` (the default) where it has none."""
+        return None
 
     @property
     def attention_note(self) -> str:  # type: ignore[override]

@@ -6,11 +6,42 @@ result type come from :class:`~mmdemo.captioners.base.CaptionerAdapter`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from mmdemo.captioners.base import CaptionerAdapter
 from mmdemo.models.qformer.network import QFormerBertNetwork, QFormerLlamaNetwork
 
+_UNSET = object()
 
-class QFormerBertCaptioner(CaptionerAdapter):
+
+class _QFormerCaptioner(CaptionerAdapter):
+    """What both Q-Former adapters add: BLIP-2's image-text match score of each candidate caption, where the
+    stage-1 checkpoint their frozen ViT comes from is on disk with its ITM head and tokenizer (full weights)."""
+
+    _matcher: Any = _UNSET
+
+    def image_text_matcher(self) -> Any:
+        """The :class:`~mmdemo.models.qformer.itm.ImageTextMatcher`, looked up once; ``None`` without one."""
+        if self._matcher is _UNSET:
+            self._matcher = None
+            folder = self.weights.components.get("vision")
+            if self.weights.profile == "full" and folder is not None and self.network.config.freeze_vision:
+                from mmdemo.models.qformer.itm import ImageTextMatcher
+
+                self._matcher = ImageTextMatcher.from_folder(folder, device=self.device)
+        return self._matcher
+
+    def match_probabilities(self, features: Any, captions: list[str]) -> list[float] | None:
+        matcher = self.image_text_matcher()
+        return None if matcher is None else matcher.probabilities(features, captions)
+
+    def to(self, device: str) -> _QFormerCaptioner:
+        if self._matcher not in (_UNSET, None):
+            self._matcher.to(device)
+        return super().to(device)
+
+
+class QFormerBertCaptioner(_QFormerCaptioner):
     """Registry adapter of ``qformer-bert``."""
 
     network_class = QFormerBertNetwork
@@ -22,7 +53,7 @@ class QFormerBertCaptioner(CaptionerAdapter):
     )
 
 
-class QFormerLlamaCaptioner(CaptionerAdapter):
+class QFormerLlamaCaptioner(_QFormerCaptioner):
     """Registry adapter of ``qformer-tinyllama``."""
 
     network_class = QFormerLlamaNetwork

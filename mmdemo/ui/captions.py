@@ -21,8 +21,9 @@ CANDIDATE_HEADERS = ["model", "rank", "candidate caption", "mean log-prob", "ITM
 SCORE_NOTE = (
     "**Mean log-prob**: the mean natural-log probability per token of the candidate (its words and end mark) "
     "under the model, from one teacher-forced pass through its decoder; closer to 0 is more likely. Candidates "
-    "are the model's caption and the best others of a beam search (n-best). **ITM match**: an image-text match "
-    "probability where a model has such a head loaded; none here does, so the log-probability is the score shown."
+    "are the model's caption and the best others of a beam search (n-best). **ITM match**: the probability that "
+    "the caption matches the picture from an image-text match head, where the model has one loaded (`-`: none, "
+    "as for every demo-weight model; then the log-probability is the only score shown)."
 )
 ATTENTION_INTRO = (
     "Pick a captioner, then click a word of its caption to see the image regions it attended to when it wrote "
