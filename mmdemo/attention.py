@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmdemo import inputs
-from mmdemo.registry import get_spec
+from mmdemo.registry import Option, get_spec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,19 +58,14 @@ _lock = threading.Lock()
 
 
 def check_word_index(value: Any, words: list[str]) -> int:
-    """A word's position in the caption (0 = the first), or an :class:`~mmdemo.inputs.InputError`."""
-    requirement = f"a whole number from 0 to {len(words) - 1} (the caption has {len(words)} words)"
+    """A word's position in the caption (0 = the first; blank: 0), or an :class:`~mmdemo.inputs.InputError`."""
     if inputs.is_blank(value):
         return 0
+    position = Option("word", "int", 0, minimum=0, maximum=len(words) - 1)
     try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise inputs.InputError(f"word must be {requirement}, got {value!r}.") from None
-    if isinstance(value, bool) or not math.isfinite(number) or not number.is_integer():
-        raise inputs.InputError(f"word must be {requirement}, got {value!r}.")
-    if not 0 <= number < len(words):
-        raise inputs.InputError(f"word must be {requirement}, got {value!r}.")
-    return int(number)
+        return inputs.check_option(position, value)
+    except inputs.InputError as err:
+        raise inputs.InputError(f"{str(err).rstrip('.')} (the caption has {len(words)} words).") from None
 
 
 def caption_attention(
@@ -124,7 +119,9 @@ def model_view(image: Image.Image, view: str) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def draw_overlay(image: Image.Image, heat: np.ndarray, *, view: str = "whole", side: int = OVERLAY_SIDE) -> Image.Image:
+def draw_overlay(
+    image: Image.Image, heat: np.ndarray, *, view: str = "whole", side: int = OVERLAY_SIDE
+) -> Image.Image:
     """``heat`` (rows, cols) coloured (matplotlib's ``inferno``, scaled to its maximum) over the square the model
     saw; small pictures are enlarged by a whole factor with nearest-neighbour resampling, grid cells stay sharp."""
     import matplotlib
@@ -137,7 +134,9 @@ def draw_overlay(image: Image.Image, heat: np.ndarray, *, view: str = "whole", s
         square = square.resize((width * factor, height * factor), PILImage.NEAREST)
     else:
         scale = side / max(width, height)
-        square = square.resize((max(1, round(width * scale)), max(1, round(height * scale))), PILImage.LANCZOS)
+        square = square.resize(
+            (max(1, round(width * scale)), max(1, round(height * scale))), PILImage.LANCZOS
+        )
     peak = float(heat.max())
     levels = np.clip(heat / peak if peak > 0 else heat, 0.0, 1.0)
     cells = PILImage.fromarray((levels * 255).round().astype(np.uint8)).resize(square.size, PILImage.NEAREST)

@@ -242,18 +242,11 @@ def check_generation(
 
 def check_candidates(value: Any) -> int:
     """How many scored captions per captioner: blank is 1, else a whole number from 1 to ``MAX_CANDIDATES``."""
+    from mmdemo.registry import Option
+
     if is_blank(value):
         return 1
-    requirement = f"a whole number from 1 to {MAX_CANDIDATES}"
-    if isinstance(value, bool):
-        raise InputError(f"candidates must be {requirement}, got {value!r}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"candidates must be {requirement}, got {value!r}.") from None
-    if not math.isfinite(number) or not number.is_integer() or not 1 <= number <= MAX_CANDIDATES:
-        raise InputError(f"candidates must be {requirement}, got {value!r}.")
-    return int(number)
+    return check_option(Option("candidates", "int", 1, minimum=1, maximum=MAX_CANDIDATES), value)
 
 
 def caption_request(

@@ -120,7 +120,9 @@ def test_word_index_and_candidates_are_checked_with_the_value_named(captioners, 
     with pytest.raises(inputs.InputError, match=r"got 'many'"):
         inputs.check_candidates("many")
     assert inputs.check_candidates(None) == 1 and inputs.check_candidates(4.0) == 4
-    with pytest.raises(inputs.InputError, match=r"word must be a whole number from 0 to 2 \(the caption has 3 words\), got 3"):
+    with pytest.raises(
+        inputs.InputError, match=r"word must be a whole number from 0 to 2, got 3 \(the caption has 3 words\)"
+    ):
         attention.check_word_index(3, ["a", "red", "square"])
 
 
@@ -204,7 +206,10 @@ def test_every_output_of_the_new_endpoint_has_a_name(client):
     returns = [r["label"] for r in endpoints["/attention"]["returns"]]
     assert returns == ["Attention heatmap", "Attention: caption, words, word, grid, note", "What the map is"]
     parameters = {p["parameter_name"]: p for p in endpoints["/caption"]["parameters"]}
-    assert parameters["candidates"]["parameter_has_default"] and parameters["candidates"]["parameter_default"] == 1
+    assert (
+        parameters["candidates"]["parameter_has_default"]
+        and parameters["candidates"]["parameter_default"] == 1
+    )
 
 
 # ------------------------------------------------------------------------------------------------ ITM match score
@@ -274,10 +279,14 @@ def test_qformer_candidates_carry_the_itm_match_where_the_checkpoint_has_one(tin
     config = {**spec.tiny_config, "freeze_vision": True, "vocab_size": len(tokenizer)}
     network = QFormerBertNetwork.build(config, tokenizer=tokenizer)
     network.vision_model.load_state_dict(reference.vision_model.state_dict())  # the same frozen trunk
-    full = QFormerBertCaptioner(spec, ResolvedWeights(spec.id, "full", {"vision": folder}), network.eval(), "cpu")
+    full = QFormerBertCaptioner(
+        spec, ResolvedWeights(spec.id, "full", {"vision": folder}), network.eval(), "cpu"
+    )
     (result,) = full.caption([example], candidates=2, max_new_tokens=6)
     pixels = network.preprocess([example])
     for candidate in result.candidates:
-        assert candidate.match == pytest.approx(reference_match(reference, tokenizer, pixels, candidate.caption), abs=1e-5)
+        assert candidate.match == pytest.approx(
+            reference_match(reference, tokenizer, pixels, candidate.caption), abs=1e-5
+        )
     demo = QFormerBertCaptioner(spec, ResolvedWeights(spec.id, "demo", {"vision": folder}), network, "cpu")
     assert all(c.match is None for c in demo.caption([example], candidates=2, max_new_tokens=6)[0].candidates)

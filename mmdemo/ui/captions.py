@@ -121,7 +121,9 @@ def create_candidates_table() -> tuple[gr.Dataframe, gr.Markdown]:
     return table, note
 
 
-def create_attention_view(ctx: AppContext, image: gr.components.Component, records: gr.JSON, **events: Any) -> None:
+def create_attention_view(
+    ctx: AppContext, image: gr.components.Component, records: gr.JSON, **events: Any
+) -> None:
     """The "Where it looked" panel and the ``/attention`` endpoint; ``events``: keywords of every model-running
     event (its concurrency group)."""
     words_for, show = attention_handlers(ctx)
@@ -173,4 +175,6 @@ def create_attention_view(ctx: AppContext, image: gr.components.Component, recor
         return overlay, explanation
 
     words.select(clicked, [image, model, caption], [heatmap, note], api_visibility="private", **events)
-    api_trigger.click(show, [image, model, caption, word], [heatmap, details, note], api_name="attention", **events)
+    api_trigger.click(
+        show, [image, model, caption, word], [heatmap, details, note], api_name="attention", **events
+    )

@@ -44,7 +44,9 @@ class ImageTextMatcher(nn.Module):
         from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings
 
         qformer = config.qformer_config
-        self.post_layernorm = nn.LayerNorm(config.vision_config.hidden_size, eps=config.vision_config.layer_norm_eps)
+        self.post_layernorm = nn.LayerNorm(
+            config.vision_config.hidden_size, eps=config.vision_config.layer_norm_eps
+        )
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qformer.hidden_size))
         self.embeddings = Blip2TextEmbeddings(qformer)
         self.qformer = Blip2QFormerModel(qformer)
@@ -56,7 +58,7 @@ class ImageTextMatcher(nn.Module):
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu") -> ImageTextMatcher | None:
         """The matcher of a ``Blip2ForImageTextRetrieval`` folder, strictly; ``None`` when the folder lacks its
         config, an ITM head or tokenizer files (then there is no match score to show, and nothing is guessed)."""
-        from transformers import Blip2Config, BertTokenizerFast
+        from transformers import BertTokenizerFast, Blip2Config
 
         from mmdemo.weights import load_state_dict
 
@@ -92,10 +94,16 @@ class ImageTextMatcher(nn.Module):
         device = self.itm_head.weight.device
         image_embeds = self.post_layernorm(trunk_features.to(device, torch.float32))
         text = self.tokenizer(
-            list(captions), padding=True, truncation=True, max_length=self.max_text_tokens, return_tensors="pt"
+            list(captions),
+            padding=True,
+            truncation=True,
+            max_length=self.max_text_tokens,
+            return_tensors="pt",
         ).to(device)
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        attention = torch.cat([text["attention_mask"].new_ones(queries.shape[:2]), text["attention_mask"]], dim=1)
+        attention = torch.cat(
+            [text["attention_mask"].new_ones(queries.shape[:2]), text["attention_mask"]], dim=1
+        )
         hidden = self.qformer(
             query_embeds=self.embeddings(input_ids=text["input_ids"], query_embeds=queries),
             query_length=queries.shape[1],

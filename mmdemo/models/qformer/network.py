@@ -896,6 +896,13 @@ class QFormerLlamaNetwork(_QFormerNetwork):
         penalty = float(repetition_penalty)
         if not 1.0 <= penalty <= 10.0:
             raise ValueError(f"repetition_penalty must be between 1 and 10, got {repetition_penalty!r}")
+        return self._llm_generate(features, steps, int(num_beams), penalty)
+
+    def _llm_generate(
+        self, features: torch.Tensor, steps: int, num_beams: int, penalty: float, num_return: int = 1
+    ) -> list[str]:
+        """transformers ``generate`` from the prefix, ``num_return`` sequences per image, each cut at its first
+        sentence."""
         tokenizer = self._require_tokenizer()
         prefix = self.prefix_embeds(features)
         with warnings.catch_warnings():
@@ -906,7 +913,8 @@ class QFormerLlamaNetwork(_QFormerNetwork):
                 attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
                 max_new_tokens=steps,
                 do_sample=False,
-                num_beams=int(num_beams),
+                num_beams=num_beams,
+                num_return_sequences=num_return,
                 repetition_penalty=penalty,
                 eos_token_id=[self.newline_id, tokenizer.eos_token_id],
                 pad_token_id=tokenizer.pad_token_id,
@@ -933,23 +941,8 @@ class QFormerLlamaNetwork(_QFormerNetwork):
     ) -> list[list[str]]:
         """transformers beam search with ``max(num_beams, n)`` beams returning ``n`` sequences per image, each
         cut at its first sentence (so two beams can give one caption; the caller drops repeats)."""
-        tokenizer = self._require_tokenizer()
-        prefix = self.prefix_embeds(features)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*repetition_penalty.*")
-            out = self.llm.generate(
-                inputs_embeds=prefix,
-                attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device),
-                max_new_tokens=_check_max_new_tokens(max_new_tokens, 256),
-                do_sample=False,
-                num_beams=max(int(num_beams), n, 2),
-                num_return_sequences=n,
-                repetition_penalty=float(repetition_penalty),
-                eos_token_id=[self.newline_id, tokenizer.eos_token_id],
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        texts = tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        texts = [first_sentence(text) for text in texts]
+        steps = _check_max_new_tokens(max_new_tokens, 256)
+        texts = self._llm_generate(features, steps, max(int(num_beams), n, 2), float(repetition_penalty), n)
         return [texts[i : i + n] for i in range(0, len(texts), n)]
 
     def _teacher_forced(self, features: torch.Tensor, captions: list[str], **kwargs: Any):
