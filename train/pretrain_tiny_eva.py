@@ -29,15 +29,13 @@ from mmdemo.models.qformer.network import VISION_PRESETS, _pil_to_tensor, vision
 from mmdemo.training import (
     add_step_loop_arguments,
     check_at_least_one,
-    finish_step,
     make_accelerator,
-    progress_bar,
     recent_loss,
+    run_steps,
     script_parser,
     set_threads,
     step_rows,
 )
-from mmdemo.training.checkpoints import rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
 
 
@@ -110,13 +108,9 @@ def main(args: argparse.Namespace) -> dict:
     probe = SceneProbe(vision, (cfg.image_size // cfg.patch_size) ** 2 + 1, cfg.hidden_size, sizes)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.01)
     probe, optimizer = accelerator.prepare(probe, optimizer)
-    state, save_state = rolling_state(accelerator, args.out, args.resume_from_checkpoint)
     train_rows = torch.arange(n_held, len(names))
-    start = time.time()
-    progress = progress_bar(accelerator, args.steps, state["global_step"], "tiny ViT")
-    probe.train()
-    while state["global_step"] < args.steps:
-        step = state["global_step"]
+
+    def train_step(step: int) -> torch.Tensor:
         rows = train_rows[step_rows(len(train_rows), step, args.batch_size, args.seed, accelerator)]
         logits = probe(pixels[rows].to(accelerator.device))
         target = targets[rows].to(accelerator.device)
@@ -124,11 +118,10 @@ def main(args: argparse.Namespace) -> dict:
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if finish_step(accelerator, loss, state, step, progress, save=save_state,
-                       every=args.checkpointing_steps, started=start, max_minutes=args.max_minutes):  # fmt: skip
-            break
-    progress.close()
-    save_state()
+        return loss
+
+    probe.train()
+    state, start = run_steps(accelerator, args, "tiny ViT", train_step)
     probe.eval()
     with torch.no_grad():
         logits = probe(pixels[:n_held].to(accelerator.device))

@@ -38,15 +38,13 @@ from mmdemo.training import (
     add_step_loop_arguments,
     check_at_least_one,
     check_captions_folder,
-    finish_step,
     make_accelerator,
-    progress_bar,
     recent_loss,
+    run_steps,
     script_parser,
     set_threads,
     step_rows,
 )
-from mmdemo.training.checkpoints import rolling_state
 from mmdemo.training.plots import Curve, plot_loss_curves
 
 
@@ -139,12 +137,8 @@ def main(args: argparse.Namespace) -> dict:
     # and only registered for checkpointing (prepare() would step it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    state, save_state = rolling_state(accelerator, args.out, args.resume_from_checkpoint)
-    start = time.time()
-    progress = progress_bar(accelerator, args.steps, state["global_step"], "tiny LM")
-    model.train()
-    while state["global_step"] < args.steps:
-        step = state["global_step"]
+
+    def train_step(step: int) -> torch.Tensor:
         rows = step_rows(len(captions), step, args.batch_size, args.seed, accelerator).tolist()
         coin = random.Random(args.seed * 1_000_003 + step)
         prompts = [coin.random() < args.prompt_fraction for _ in rows]
@@ -162,11 +156,10 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if finish_step(accelerator, loss, state, step, progress, save=save_state,
-                       every=args.checkpointing_steps, started=start, max_minutes=args.max_minutes):  # fmt: skip
-            break
-    progress.close()
-    save_state()
+        return loss
+
+    model.train()
+    state, start = run_steps(accelerator, args, "tiny LM", train_step)
     result = {
         "llm": args.llm,
         "data": str(args.data),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,32 @@ def make_accelerator(**kwargs: Any) -> Any:
     from accelerate import Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+def run_steps(
+    accelerator: Any, args: argparse.Namespace, desc: str, train_step: Callable[[int], torch.Tensor]
+) -> tuple[dict, float]:
+    """The fixed-step loop of a script with a rolling ``OUT/state/`` (:func:`add_step_loop_arguments`).
+
+    Resumes as ``--resume-from-checkpoint`` says, then calls ``train_step(step)`` (one optimiser update; it
+    returns the step's loss) until ``--steps`` are done or ``--max-minutes`` have passed, saving the state every
+    ``--checkpointing-steps`` and at the end. Returns the state (``global_step``, ``history``) and when the loop
+    started (``time.time()``).
+    """
+    from mmdemo.training.checkpoints import rolling_state
+
+    state, save_state = rolling_state(accelerator, args.out, args.resume_from_checkpoint)
+    started = time.time()
+    progress = progress_bar(accelerator, args.steps, state["global_step"], desc)
+    while state["global_step"] < args.steps:
+        step = state["global_step"]
+        loss = train_step(step)
+        if finish_step(accelerator, loss, state, step, progress, save=save_state,
+                       every=args.checkpointing_steps, started=started, max_minutes=args.max_minutes):  # fmt: skip
+            break
+    progress.close()
+    save_state()
+    return state, started
 
 
 def step_rows(n: int, step: int, batch_size: int, seed: int, accelerator: Any) -> torch.Tensor:
