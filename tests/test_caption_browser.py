@@ -67,6 +67,12 @@ def test_candidates_then_click_a_word_and_see_where_the_captioner_looked(app_url
             words.nth(2).click()
             expect(heatmap).to_have_count(1, timeout=60_000)
             expect(page.locator("#attention-note")).to_contain_text("not an explanation")
+            # The picture is laid out once it has loaded: wait for that, then measure it.
+            page.wait_for_function(
+                "() => { const i = document.querySelector('#attention-map img');"
+                " return i && i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0; }",
+                timeout=30_000,
+            )
             box = heatmap.bounding_box()
             assert box and box["width"] >= 200 and abs(box["width"] - box["height"]) <= 2, box
             first_src = heatmap.get_attribute("src")
@@ -75,5 +81,12 @@ def test_candidates_then_click_a_word_and_see_where_the_captioner_looked(app_url
                 page.locator("#attention").screenshot(path=str(ASSETS / "screenshot_attention.png"))
             words.nth(len(caption.split()) - 1).click()  # another word: another map
             expect(heatmap).not_to_have_attribute("src", first_src, timeout=60_000)
+
+            # A candidate row explains that candidate: its caption and its words come to the panel.
+            cell = table.get_by_role("row").nth(2).get_by_role("gridcell").nth(2)  # row 0: the headers
+            candidate = " ".join(cell.inner_text().split())
+            cell.click()
+            expect(page.locator("#attention-caption textarea")).to_have_value(candidate, timeout=60_000)
+            expect(words).to_have_count(len(candidate.split()), timeout=60_000)
         finally:
             browser.close()

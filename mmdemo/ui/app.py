@@ -97,7 +97,7 @@ def create_caption_tab(ctx: AppContext, concurrency: int) -> None:
         captions.candidate_rows, records, [candidate_table, score_note], api_visibility="private", queue=False
     )
     captions.create_attention_view(
-        ctx, image, records, concurrency_id=MODEL_CONCURRENCY_ID, concurrency_limit=concurrency
+        ctx, image, records, candidate_table, concurrency_id=MODEL_CONCURRENCY_ID, concurrency_limit=concurrency
     )
 
 

@@ -122,10 +122,14 @@ def create_candidates_table() -> tuple[gr.Dataframe, gr.Markdown]:
 
 
 def create_attention_view(
-    ctx: AppContext, image: gr.components.Component, records: gr.JSON, **events: Any
+    ctx: AppContext,
+    image: gr.components.Component,
+    records: gr.JSON,
+    candidate_table: gr.Dataframe | None = None,
+    **events: Any,
 ) -> None:
-    """The "Where it looked" panel and the ``/attention`` endpoint; ``events``: keywords of every model-running
-    event (its concurrency group)."""
+    """The "Where it looked" panel and the ``/attention`` endpoint; clicking a row of ``candidate_table`` explains
+    that candidate. ``events``: keywords of every model-running event (its concurrency group)."""
     words_for, show = attention_handlers(ctx)
     with gr.Accordion("Where each captioner looked, word by word", open=True, elem_id="attention"):
         gr.Markdown(ATTENTION_INTRO)
@@ -175,6 +179,20 @@ def create_attention_view(
         return overlay, explanation
 
     words.select(clicked, [image, model, caption], [heatmap, note], api_visibility="private", **events)
+
+    if candidate_table is not None:
+        by_name = {REGISTRY[m].display_name: m for m in CAPTIONER_IDS}
+
+        def explain_candidate(image: str | None, evt: gr.SelectData):
+            """A clicked candidate row: its captioner and caption go to the panel, with their words."""
+            name, _, text = (list(evt.row_value or []) + [None] * 3)[:3]
+            if name not in by_name or not text:
+                return (gr.update(),) * 5
+            return (by_name[name], *words_for(image, by_name[name], str(text)))
+
+        candidate_table.select(
+            explain_candidate, [image], [model, *targets], api_visibility="private", **events
+        )
     api_trigger.click(
         show, [image, model, caption, word], [heatmap, details, note], api_name="attention", **events
     )

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -327,17 +328,23 @@ def _reject_unknown(family: str, options: dict[str, Any]) -> None:
         raise ValueError(f"{family} does not know the decoding option(s) {sorted(options)}")
 
 
+_EAGER_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _eager_attention(*models: Any) -> Iterator[None]:
-    """Run transformers ``models`` with written-out attention, the only kind that returns its weights."""
-    before = [model.config._attn_implementation for model in models]
-    for model in models:
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        for model, implementation in zip(models, before):
-            model.set_attn_implementation(implementation)
+    """Run transformers ``models`` with written-out attention, the only kind that returns its weights. One pass
+    at a time (a second one would switch the first back mid-pass); a caption decoded meanwhile computes the same
+    attention either way."""
+    with _EAGER_LOCK:
+        before = [model.config._attn_implementation for model in models]
+        for model in models:
+            model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            for model, implementation in zip(models, before):
+                model.set_attn_implementation(implementation)
 
 
 def _maps_through_queries(to_queries: torch.Tensor, query_to_patches: torch.Tensor) -> torch.Tensor:
