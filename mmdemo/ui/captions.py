@@ -15,7 +15,9 @@ import gradio as gr
 from mmdemo import attention, inputs
 from mmdemo.interfaces import MAX_CANDIDATES
 from mmdemo.registry import CAPTIONER_IDS, REGISTRY
+from mmdemo.runtime import OutOfMemory
 from mmdemo.ui.handlers import AppContext, caption_gpu_seconds, on_gpu
+from mmdemo.weights import WeightsUnavailable
 
 CANDIDATE_HEADERS = ["model", "rank", "candidate caption", "mean log-prob", "ITM match"]
 SCORE_NOTE = (
@@ -76,7 +78,7 @@ def attention_handlers(ctx: AppContext):
     def view(image: str | None, model: str, caption: str | None, word: Any) -> attention.AttentionView:
         try:
             return attention.caption_attention(ctx.manager, image, model, caption, word)
-        except inputs.InputError as err:
+        except (inputs.InputError, WeightsUnavailable, OutOfMemory) as err:  # each says what to do
             raise gr.Error(str(err)) from None
 
     @on_gpu(caption_gpu_seconds, lambda image=None, model=None, *a, **k: ctx.prepare([model]))
