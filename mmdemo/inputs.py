@@ -250,14 +250,15 @@ def check_candidates(value: Any) -> int:
 
 
 def caption_request(
-    spec: ModelSpec, options: Mapping[str, Any] | None, *, profile: str, candidates: Any = 1
+    spec: ModelSpec, options: Mapping[str, Any] | None, *, profile: str, candidates: Any = None
 ) -> CaptionRequest:
-    """The typed decoding request for ``spec``: every declared option, given or default; ``candidates`` checked."""
+    """The typed decoding request for ``spec``: every declared option, given or default; ``candidates`` checked
+    (``None``: no scored candidates)."""
     checked = check_options(spec, options, profile=profile)
     values = {**spec.option_defaults(profile), **checked.value}
     return CaptionRequest(
         model=spec.id, options=values, notices=tuple(checked.notices), profile=profile,
-        candidates=check_candidates(candidates),
+        candidates=0 if candidates is None else check_candidates(candidates),
     )  # fmt: skip
 
 

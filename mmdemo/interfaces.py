@@ -66,7 +66,7 @@ class CaptionRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
     profile: str = "full"
-    candidates: int = 1  # captions to return with their scores (1..MAX_CANDIDATES), checked by mmdemo.inputs
+    candidates: int = 0  # scored captions to return (1..MAX_CANDIDATES; 0: none scored), checked by mmdemo.inputs
 
 
 MAX_CANDIDATES = 5
@@ -91,8 +91,8 @@ class CaptionCandidate:
 class CaptionResult:
     """One caption and how it was made.
 
-    ``candidates``: the caption and up to ``request.candidates - 1`` alternatives (beam search n-best), best
-    ``mean_logprob`` first. ``tokens`` / ``attention``: filled by :meth:`Captioner.attend` only: the caption's
+    ``candidates``: when asked for, the caption and up to ``request.candidates - 1`` alternatives (beam search
+    n-best), best ``mean_logprob`` first; empty when none were asked for. ``tokens`` / ``attention``: filled by :meth:`Captioner.attend` only: the caption's
     words and, per word, where the model looked (an array ``(words, rows, cols)``, each map summing to 1).
     """
 
@@ -156,12 +156,12 @@ class Captioner(ModelFamily, ABC):
     def load(cls, spec: ModelSpec, weights: ResolvedWeights, *, device: str | None = None) -> Captioner:
         """Build the model and fill it from ``weights`` (strictly: every parameter, every key)."""
 
-    def caption(self, images: list[Any], *, candidates: int = 1, **options: Any) -> list[CaptionResult]:
+    def caption(self, images: list[Any], *, candidates: int | None = None, **options: Any) -> list[CaptionResult]:
         """One result per image (RGB PIL images of any size, or anything :func:`mmdemo.inputs.load_image` reads).
 
         ``options`` are checked against the model's declared options (an unknown one becomes a notice, an
         out-of-range one an :class:`~mmdemo.inputs.InputError`); ``candidates`` (1 to ``MAX_CANDIDATES``) is how
-        many scored captions each result carries.
+        many scored captions each result carries (``None``: none, and no scoring pass: what scripts use).
         """
         from mmdemo.inputs import InputError, caption_request
 

@@ -45,9 +45,11 @@ def independent_mean_logprob(network, features, caption: str) -> float:
 @pytest.mark.parametrize("model_id", CAPTIONER_IDS)
 def test_candidates_are_distinct_sorted_and_scored_as_a_teacher_forced_pass(captioners, example, model_id):
     captioner = captioners[model_id]
-    (one,) = captioner.caption([example])
+    (plain,) = captioner.caption([example])  # what scripts call: no candidates, no scoring pass
+    (one,) = captioner.caption([example], candidates=1)
     (three,) = captioner.caption([example], candidates=3)
     # candidates=1 is exactly today's caption, and the caption stays the same whatever is asked.
+    assert plain.candidates == [] and one.caption == plain.caption
     assert [c.caption for c in one.candidates] == [one.caption]
     assert three.caption == one.caption
     texts = [c.caption for c in three.candidates]

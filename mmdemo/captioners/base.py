@@ -461,7 +461,10 @@ class CaptionerAdapter(Captioner):
     def _candidates(
         self, features: Features, captions: list[str], n: int, decoding: dict[str, Any]
     ) -> list[list[CaptionCandidate]]:
-        """Per image: its caption and the best ``n - 1`` other n-best captions, each scored, best score first."""
+        """Per image: its caption and the best ``n - 1`` other n-best captions, each scored, best score first
+        (``n`` 0: none, and nothing computed)."""
+        if n == 0:
+            return [[] for _ in captions]
         pools = [[caption] for caption in captions]
         if n > 1:
             for pool, alternatives in zip(pools, self.network.generate_candidates(features, n, **decoding)):
