@@ -42,6 +42,18 @@ def require_or_skip(reason: str) -> None:
     pytest.skip(reason)
 
 
+# Tiers that take minutes: each of their tests is also in the slow tier, which the default run leaves out
+# (pyproject.toml: -m 'not slow and not fullsize') and CI runs as its own step (pytest -m slow).
+SLOW_TIERS = ("quality", "multiprocess", "bench", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            item.add_marker(pytest.mark.slow)
+
+
 def load_script(name: str | Path, folder: str = "train") -> types.ModuleType:
     """Import ``<folder>/<name>.py`` (or a path) as a module: the scripts are files, not a package."""
     path = Path(name) if str(name).endswith(".py") else REPO_ROOT / folder / f"{name}.py"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -125,6 +126,23 @@ def test_infinity_budget_bench_prints_tokens_memory_and_ratios(capsys, one_threa
         assert _positive(float(row[3]))
     speedups = re.findall(r"speed-up x([\d.]+)", out)
     assert len(speedups) == 2 and all(_positive(float(x)) for x in speedups), out
+
+
+@pytest.mark.bench
+def test_arena_ratings_bench_recovers_known_strengths_and_times_the_database(capsys, monkeypatch):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, os.environ.get(name, "1"))  # the script sets them; undo it after the test
+    bench = load_script("arena_ratings", folder="bench")
+    bench.main(["--votes", "4000", "--models", "4", "--rounds", "20", "--threads", "1", "--database"])
+    out = capsys.readouterr().out
+    for step in ("count votes", "maximum likelihood", "bootstrap", "whole leaderboard"):
+        seconds = re.search(rf"^{step}\s+([\d.]+) s", out, re.M)
+        assert seconds is not None and math.isfinite(float(seconds[1])), (step, out)
+    # 4000 votes between 4 models of known strength: the fit lands within a few rating points of the truth.
+    worst = float(re.search(r"worst \|fitted - true\| rating: ([\d.]+) points", out)[1])
+    assert worst < 40, out
+    stored = re.search(r"SQLite: storing (\d+) votes", out)
+    assert stored is not None and int(stored[1]) == 4000, out
 
 
 def test_bench_scripts_import_without_running(one_thread):
