@@ -292,3 +292,28 @@ def test_qformer_candidates_carry_the_itm_match_where_the_checkpoint_has_one(tin
         )
     demo = QFormerBertCaptioner(spec, ResolvedWeights(spec.id, "demo", {"vision": folder}), network, "cpu")
     assert all(c.match is None for c in demo.caption([example], candidates=2, max_new_tokens=6)[0].candidates)
+
+
+def test_full_size_cross_attention_maps_are_over_the_7x7_grid(example):
+    """The full-size configuration (random weights: nothing is downloaded) maps each word onto ResNet-18's
+    7 x 7 grid at 224 px, and its beam search returns the n best."""
+    from mmdemo.captioners.vocab import Vocabulary
+    from mmdemo.models.xattn.network import XAttnCaptionNetwork
+    from mmdemo.registry import REGISTRY
+
+    vocab = Vocabulary.build(["a red circle on the left", "a blue square at the top"] * 2, max_len=12)
+    config = {
+        **REGISTRY["resnet18-xattn"].full_config,
+        "vocab_size": len(vocab),
+        "max_len": 12,
+        "num_layers": 2,
+    }
+    torch.manual_seed(0)
+    network = XAttnCaptionNetwork.build(config, vocab=vocab).eval()
+    with torch.inference_mode():
+        features = network.encode_images(network.preprocess([example]))
+        ((words, maps),) = network.attention_maps(features, ["a red circle on the left"])
+        (n_best,) = network.generate_candidates(features, 3, max_new_tokens=5)
+    assert words == ["a", "red", "circle", "on", "the", "left"] and maps.shape == (6, 7, 7)
+    torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(6))
+    assert len(n_best) == 3 and network.attention_view == "centre"
