@@ -212,10 +212,19 @@ def _streamed(generate, *args) -> list[tuple]:
     ]
 
 
-def test_the_generate_handler_streams_previews_only_when_asked():
-    from mmdemo.ui.handlers import AppContext, generate_handler
+@pytest.fixture(scope="module")
+def app_context(generators):
+    """The app's handler context over the generators this module already loaded."""
+    from mmdemo.runtime import ModelManager
+    from mmdemo.ui.handlers import AppContext
 
-    generate = generate_handler(AppContext.create("demo"))
+    return AppContext.create("demo", ModelManager("demo", device="cpu", loader=lambda m, p, d: generators(m)))
+
+
+def test_the_generate_handler_streams_previews_only_when_asked(app_context):
+    from mmdemo.ui.handlers import generate_handler
+
+    generate = generate_handler(app_context)
     panel = GENERATOR_IDS.index("infinity-2b")
     records = 2 * len(GENERATOR_IDS)
     for asked in (False, True):
@@ -243,3 +252,26 @@ def test_the_previews_bench_prints_a_ratio_per_model(capsys):
     row = next(line for line in out.splitlines() if line.startswith("infinity-2b"))
     assert row.split()[3] == f"{rows[0]['ratio']:.3f}" and rows[0]["ratio"] > 0, out
     assert rows[0]["previews"] >= 2 and rows[0]["same_final_picture"] is True, rows
+
+
+def test_a_closed_stream_stops_sampling_at_the_next_step(app_context):
+    """Gradio closes the handler when its client leaves; the model sampling behind it stops at its next step."""
+    import time
+
+    from mmdemo.ui.handlers import generate_handler
+
+    def counts() -> tuple[int, int]:
+        stats = app_context.manager.monitor.snapshot().get("pixel-diffusion", {})
+        return stats.get("cancelled", 0), stats.get("ok", 0)
+
+    cancelled, ok = counts()
+    panel = GENERATOR_IDS.index("pixel-diffusion")
+    long_run = '{"pixel-diffusion": {"steps": 100}}'  # the first preview comes at step 20 of 100
+    stream = generate_handler(app_context)(PROMPT, ["pixel-diffusion"], 5, "fast", "", long_run, None, True)
+    assert any(output[panel] is not None for output in stream)  # stops at the first preview
+    closed = time.perf_counter()
+    stream.close()
+    while counts()[0] < cancelled + 1:
+        assert time.perf_counter() - closed < 5, "sampling went on after the stream was closed"
+        time.sleep(0.05)
+    assert counts() == (cancelled + 1, ok)  # cancelled, not finished
