@@ -91,16 +91,12 @@ def test_the_least_squares_map_recovers_a_linear_latent_space():
 
 @pytest.fixture(scope="module")
 def generators():
+    """``generators(model_id)``: that demo generator, loaded once for this module."""
+    import functools
+
     import mmdemo
 
-    loaded: dict[str, object] = {}
-
-    def get(model_id: str):
-        if model_id not in loaded:
-            loaded[model_id] = mmdemo.load_generator(model_id, profile="demo")
-        return loaded[model_id]
-
-    return get
+    return functools.cache(lambda model_id: mmdemo.load_generator(model_id, profile="demo"))
 
 
 @pytest.mark.parametrize("model_id", GENERATOR_IDS)

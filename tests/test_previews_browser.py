@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from test_browser import CHROMIUM, CHROMIUM_ARGS, app_url  # noqa: F401 - the demo app served for Chromium
 
 from mmdemo.registry import GENERATOR_IDS, REGISTRY
 
@@ -45,20 +43,10 @@ WATCH_CAPTIONS = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def app_url(app_server):
-    if not shutil.which(CHROMIUM):
-        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
-    import app
-
-    with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
-        yield url
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-def test_pressing_generate_shows_each_picture_forming_before_the_final_one(app_url):
+def test_pressing_generate_shows_each_picture_forming_before_the_final_one(app_url):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
