@@ -30,6 +30,12 @@ from mmdemo.weights import Profile, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
+# Model builds take turns within a process. transformers' lazy module is not thread-safe: two threads importing
+# model classes at once can fail with "cannot import name 'AutoTokenizer' from 'transformers'" (seen when the
+# About tab's parameter table was built while the first caption loaded its model). Re-entrant, so a build
+# that builds a shared part under it does not wait for itself.
+BUILD_LOCK = threading.RLock()
+
 
 def default_device() -> str:
     import torch
@@ -195,7 +201,8 @@ class ModelManager:
                 entry = self._loaded.get(model_id)
             if entry is None:
                 start = time.perf_counter()
-                model = self._loader(model_id, self.profile, self.device)
+                with BUILD_LOCK:
+                    model = self._loader(model_id, self.profile, self.device)
                 entry = LoadedModel(model, self.device, module_bytes(model), time.perf_counter() - start)
                 log.info("loaded %s in %.1fs (%.0f MB)", model_id, entry.load_seconds, entry.bytes / 2**20)
             with self._state_lock:

@@ -22,12 +22,6 @@ def app_url(app_server):
     if not shutil.which(CHROMIUM):
         require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
     import app
-    from mmdemo.ui import about
-
-    # The page's load event builds every model on the meta device for the About tab (cached once per process).
-    # Built here first: run in parallel with the first caption, its imports of transformers can race the
-    # captioners' own (a lazy import that fails with "cannot import name"), which is not what this test is about.
-    about.param_table()
     with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
         yield url
 

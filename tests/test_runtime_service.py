@@ -13,7 +13,7 @@ from mmdemo import service
 from mmdemo.inputs import InputError
 from mmdemo.interfaces import Captioner, CaptionResult, GenerationResult, Generator
 from mmdemo.registry import get_spec
-from mmdemo.runtime import ModelManager, module_bytes
+from mmdemo.runtime import BUILD_LOCK, ModelManager, module_bytes
 
 
 class FakeModel:
@@ -56,6 +56,45 @@ def test_concurrent_requests_load_a_model_once():
         t.join()
     assert calls == ["pixel-diffusion"]
     assert len({id(r) for r in results}) == 1
+
+
+def test_model_builds_and_the_about_table_take_turns(monkeypatch):
+    """transformers' lazy imports race across threads, so a load holds BUILD_LOCK and so does the About table."""
+    from mmdemo.ui import about
+
+    def free_to_others() -> bool:
+        taken: list[bool] = []
+
+        def try_from_another_thread() -> None:
+            taken.append(BUILD_LOCK.acquire(blocking=False))
+            if taken[0]:
+                BUILD_LOCK.release()
+
+        other = threading.Thread(target=try_from_another_thread)
+        other.start()
+        other.join()
+        return taken[0]
+
+    held_while: dict[str, bool] = {}
+
+    def loader(model_id, profile, device):
+        held_while["load"] = not free_to_others()
+        return FakeModel(model_id)
+
+    ModelManager("demo", device="cpu", loader=loader).get("pixel-diffusion")
+
+    def param_row(spec):
+        held_while.setdefault("about", not free_to_others())
+        raise RuntimeError("stop after one row")
+
+    monkeypatch.setattr("mmdemo.params.param_row", param_row)
+    about.param_table.cache_clear()
+    try:
+        about.param_table()
+    finally:
+        about.param_table.cache_clear()
+    assert held_while == {"load": True, "about": True}, "a model build ran while another thread could build too"
+    assert free_to_others(), "BUILD_LOCK was left held"
 
 
 def test_gpu_budget_offloads_least_recently_used_but_never_a_model_in_use():

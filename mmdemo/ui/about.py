@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from mmdemo.registry import CAPTIONER_IDS, REGISTRY
+from mmdemo.runtime import BUILD_LOCK
 from mmdemo.weights import REPO_ROOT, checkpoint_root
 
 
@@ -130,7 +131,8 @@ def param_table() -> list[list]:
     rows = []
     for spec in REGISTRY.values():
         try:
-            row = param_row(spec)
+            with BUILD_LOCK:  # not at the same time as a model load (see BUILD_LOCK)
+                row = param_row(spec)
         except Exception as err:  # noqa: BLE001 - one broken build must not hide the others
             rows.append(
                 [
