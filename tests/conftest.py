@@ -44,7 +44,7 @@ def require_or_skip(reason: str) -> None:
 
 # Tiers that take minutes: each of their tests is also in the slow tier, which the default run leaves out
 # (pyproject.toml: -m 'not slow and not fullsize') and CI runs as its own step (pytest -m slow).
-SLOW_TIERS = ("quality", "multiprocess", "bench", "browser")
+SLOW_TIERS = ("app", "quality", "multiprocess", "bench", "browser")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
