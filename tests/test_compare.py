@@ -103,6 +103,8 @@ def client(app_server):
 @pytest.mark.app
 def test_every_output_is_named_and_generate_settings_are_optional(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    unnamed = [name for name in endpoints if re.fullmatch(r"/(lambda|fn|predict)(_\d+)?", name)]
+    assert not unnamed, f"page wiring leaked into the public API: {unnamed}"
     for name in ("/caption", "/generate"):
         labels = [r["label"] for r in endpoints[name]["returns"]]
         assert all(label and not re.fullmatch(r"value_\d+", label) for label in labels), (name, labels)

@@ -306,7 +306,7 @@ def build_app(
             arena_ui.create_arena_tabs(ctx, arena_config, concurrency, MODEL_CONCURRENCY_ID)
             with gr.Tab("About", id="about"):
                 params = about.create_about_tab(ctx)
-                ops.create_live_stats(ctx)
+                ops.create_live_stats(ctx, demo)
         ops.register_endpoints(ctx, settings)
         compare.register_link_restore(demo, tabs, link_inputs)  # settings from a shared link's URL
         tick_on_page_load(demo, previews)  # the page shows pictures forming; the API asks for it

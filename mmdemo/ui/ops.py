@@ -87,7 +87,7 @@ def register_endpoints(ctx: AppContext, settings: OpsSettings) -> None:
     gr.api(stats, api_name="stats", queue=False)
 
 
-def create_live_stats(ctx: AppContext) -> None:
+def create_live_stats(ctx: AppContext, demo: gr.Blocks) -> None:
     """A table of per-model numbers since start in the About tab, refreshed while the page is open."""
     gr.Markdown(
         "### Live: model runs since the app started\n"
@@ -95,12 +95,15 @@ def create_live_stats(ctx: AppContext) -> None:
         "1000 successful runs; *recovered* runs succeeded on the retry after an out-of-memory error. "
         "The same numbers as JSON: the `stats` API endpoint."
     )
-    table = gr.Dataframe(
-        headers=STATS_HEADERS, value=lambda: stats_rows(ctx), interactive=False, elem_id="live-stats"
-    )
-    timer = gr.Timer(STATS_REFRESH_SECONDS)
-    timer.tick(
-        lambda: stats_rows(ctx), outputs=table, queue=False, api_visibility="private", show_progress="hidden"
+    table = gr.Dataframe(headers=STATS_HEADERS, interactive=False, elem_id="live-stats")
+
+    def refresh() -> list[list]:
+        return stats_rows(ctx)
+
+    # Filled on page load and on every tick; both private (a callable `value=` would add a public endpoint).
+    demo.load(refresh, outputs=table, queue=False, api_visibility="private", show_progress="hidden")
+    gr.Timer(STATS_REFRESH_SECONDS).tick(
+        refresh, outputs=table, queue=False, api_visibility="private", show_progress="hidden"
     )
 
 
