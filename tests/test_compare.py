@@ -39,23 +39,39 @@ def test_slider_pictures_share_one_size_and_stay_crisp():
     assert compare.same_size(big, big)[0].size == (1024, 1024)  # large pictures are not enlarged
 
 
+def _records(*indices: int) -> list[dict]:
+    return [{"model": GENERATOR_IDS[i], "error": None} for i in indices]
+
+
 def test_slider_defaults_to_the_first_two_finished_panels_and_keeps_a_valid_pick():
     pictures = [None] * len(GENERATOR_IDS)
     pictures[1], pictures[3], pictures[4] = (_picture(32, (i * 60, 0, 0)) for i in (1, 2, 3))
+    done = _records(1, 3, 4)
     # Both picks on empty panels: the first two finished panels, in panel order.
-    left, right, slider = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[2], *pictures)
+    left, right, slider = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[2], done, *pictures)
     assert (left["value"], right["value"]) == (GENERATOR_IDS[1], GENERATOR_IDS[3])
     pair = slider["value"]
     assert np.array_equal(np.asarray(pair[0])[0, 0], [60, 0, 0])
     assert np.array_equal(np.asarray(pair[1])[0, 0], [120, 0, 0])
     # One pick finished: it stays; the other moves to the first finished panel not already shown.
-    left, right, _ = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], *pictures)
+    left, right, _ = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], done, *pictures)
     assert (left["value"], right["value"]) == (GENERATOR_IDS[3], GENERATOR_IDS[1])
-    left, right, _ = compare.compare_pair(GENERATOR_IDS[4], GENERATOR_IDS[1], *pictures)
+    left, right, _ = compare.compare_pair(GENERATOR_IDS[4], GENERATOR_IDS[1], done, *pictures)
     assert (left["value"], right["value"]) == (GENERATOR_IDS[4], GENERATOR_IDS[1])
     only_one = [None] * len(GENERATOR_IDS)
     only_one[2] = _picture(32, (9, 9, 9))
-    assert compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], *only_one)[2]["value"] is None
+    assert compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], _records(2), *only_one)[2]["value"] is None
+
+
+def test_a_panel_showing_a_live_preview_is_not_compared_until_its_model_finishes():
+    pictures = [_picture(32, (i * 40, 0, 0)) for i in range(len(GENERATOR_IDS))]  # every panel shows something
+    # Models 0 and 2 finished (a record each); 1 is still sampling (a preview), 3 failed, 4 has not started.
+    records = _records(0, 2) + [{"model": GENERATOR_IDS[3], "error": "out of memory"}]
+    left, right, slider = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], records, *pictures)
+    assert (left["value"], right["value"]) == (GENERATOR_IDS[0], GENERATOR_IDS[2])
+    assert np.array_equal(np.asarray(slider["value"][1])[0, 0], [80, 0, 0])
+    # A new run cleared the records: nothing is finished, whatever the panels still show.
+    assert compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], [], *pictures)[2]["value"] is None
 
 
 def test_use_this_seed_reads_the_panels_own_record():

@@ -222,10 +222,12 @@ def create_generate_tab(ctx: AppContext, concurrency: int) -> tuple[compare.Gene
                     )
                 )
                 seed_buttons[model_id] = compare.seed_button()
-    compare.create_slider(images)
+    # The slider (under the panels) reads the records, which are shown further down.
+    records = gr.JSON(label="Records (API)", open=False, elem_id="generate-records", render=False)
+    compare.create_slider(images, records)
     with gr.Row():
         with gr.Accordion("Records (API)", open=False):
-            records = gr.JSON(label="Records (API)", open=False, elem_id="generate-records")
+            records.render()
         archive = gr.File(label="Download all (PNG + settings JSON)")
     compare.wire_seed_buttons(seed_buttons, records, seed)
     dice.click(random_seed, outputs=seed, api_name="random_seed", queue=False)

@@ -43,15 +43,22 @@ def same_size(left: Image.Image, right: Image.Image) -> tuple[Image.Image, Image
     )
 
 
-def finished_ids(images: Sequence[Any]) -> list[str]:
-    """Generator ids whose panel holds a picture, in panel order."""
-    return [model_id for model_id, image in zip(GENERATOR_IDS, images, strict=True) if image is not None]
+def finished_ids(records: list[dict] | None, images: Sequence[Any]) -> list[str]:
+    """Generator ids, in panel order, whose model finished this run with a picture: it has a record without an
+    error and its panel holds the picture. A panel showing a live preview has no record yet, so it is not
+    finished."""
+    succeeded = {r.get("model") for r in records or [] if isinstance(r, dict) and not r.get("error")}
+    return [
+        model_id
+        for model_id, image in zip(GENERATOR_IDS, images, strict=True)
+        if image is not None and model_id in succeeded
+    ]
 
 
-def compare_pair(left: str | None, right: str | None, *images: Any):
-    """The two dropdowns and the slider's pair. A choice whose panel is empty moves to the first finished
+def compare_pair(left: str | None, right: str | None, records: list[dict] | None, *images: Any):
+    """The two dropdowns and the slider's pair. A choice whose panel is not finished moves to the first finished
     panel not already shown on the other side, so after a run the default is the first two finished panels."""
-    done = finished_ids(images)
+    done = finished_ids(records, images)
     if left not in done:
         left = next((m for m in done if m != right), left)
     if right not in done or right == left:
@@ -65,8 +72,9 @@ def compare_pair(left: str | None, right: str | None, *images: Any):
     return gr.update(value=left), gr.update(value=right), gr.update(value=pair, label=label)
 
 
-def create_slider(images: list[gr.Image]) -> None:
-    """Two pickers and an image slider below the panels; refreshed when a panel's picture changes."""
+def create_slider(images: list[gr.Image], records: gr.JSON) -> None:
+    """Two pickers and an image slider below the panels; refreshed when a model finishes (its record arrives,
+    with its picture), when a new run clears the records, and on every pick."""
     choices = [(REGISTRY[m].display_name, m) for m in GENERATOR_IDS]
     with gr.Group(elem_id="compare"):
         with gr.Row():
@@ -85,11 +93,10 @@ def create_slider(images: list[gr.Image]) -> None:
             elem_id="compare-slider",
             elem_classes=["compare-slider"],
         )
-    # Any panel change (a model finishing, a new run clearing them) and any pick refreshes the slider.
-    for trigger in [*images, left, right]:
+    for trigger in (records, left, right):
         trigger.change(
             compare_pair,
-            [left, right, *images],
+            [left, right, records, *images],
             [left, right, slider],
             queue=False,
             api_visibility="private",
