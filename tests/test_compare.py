@@ -60,11 +60,12 @@ def test_slider_defaults_to_the_first_two_finished_panels_and_keeps_a_valid_pick
     assert (left["value"], right["value"]) == (GENERATOR_IDS[4], GENERATOR_IDS[1])
     only_one = [None] * len(GENERATOR_IDS)
     only_one[2] = _picture(32, (9, 9, 9))
-    assert compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], _records(2), *only_one)[2]["value"] is None
+    _, _, slider = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], _records(2), *only_one)
+    assert slider["value"] is None
 
 
 def test_a_panel_showing_a_live_preview_is_not_compared_until_its_model_finishes():
-    pictures = [_picture(32, (i * 40, 0, 0)) for i in range(len(GENERATOR_IDS))]  # every panel shows something
+    pictures = [_picture(32, (i * 40, 0, 0)) for i in range(len(GENERATOR_IDS))]  # every panel shows one
     # Models 0 and 2 finished (a record each); 1 is still sampling (a preview), 3 failed, 4 has not started.
     records = _records(0, 2) + [{"model": GENERATOR_IDS[3], "error": "out of memory"}]
     left, right, slider = compare.compare_pair(GENERATOR_IDS[0], GENERATOR_IDS[1], records, *pictures)
