@@ -105,8 +105,8 @@ def diffusion_assets(tmp_path_factory) -> dict[str, Path]:
 
 def check_shipped_generator(model_id: str, *, color: float, shape: float, n: int = 8) -> dict[str, float]:
     """The shipped demo checkpoint's recorded ShapesEval (64 prompts) meets ``color``/``shape`` with the fast
-    preset and agrees with the report preset, and a fresh re-measurement on ``n`` prompts it never saw stays
-    near them (a broken or stale file fails here)."""
+    preset and with the report preset (the report's sampler, without guidance), and a fresh re-measurement on
+    ``n`` prompts it never saw stays near them (a broken or stale file fails here)."""
     import json
 
     import mmdemo
@@ -118,11 +118,11 @@ def check_shipped_generator(model_id: str, *, color: float, shape: float, n: int
     assert (folder / "config.json").is_file(), f"the shipped demo checkpoint is missing from {folder}"
     recorded = json.loads((folder / "eval_shapes_fast.json").read_text())
     assert recorded["n"] >= 64 and recorded["color_acc"] >= color and recorded["shape_acc"] >= shape, recorded
-    # The fast preset stands in for the report's sampler: on the same prompts and seeds, within 0.05 of it.
+    # The report preset samples as the report did (its sampler, no guidance), on the same prompts and seeds.
     report = json.loads((folder / "eval_shapes_report.json").read_text())
     assert report["n"] == recorded["n"] and report["seed"] == recorded["seed"], (report["n"], recorded["n"])
-    for key in ("color_acc", "shape_acc"):
-        assert abs(report[key] - recorded[key]) <= 0.05, (key, report[key], recorded[key])
+    assert report["guidance"] == 1.0, f"eval_shapes_report.json is stale: measured with guidance {report['guidance']}"
+    assert report["color_acc"] >= color and report["shape_acc"] >= shape, report
     generator = mmdemo.load_generator(model_id, profile="demo", device="cpu")
     # The frozen text encoder must keep shape words apart, or the model cannot learn them (the latent demo
     # once drew squares as circles: its encoder's circle/square cosine was 0.97).
