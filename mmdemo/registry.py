@@ -524,12 +524,11 @@ _SPECS: tuple[ModelSpec, ...] = (
                          unet_conv_out_channels=128, cross_attention_dim=512,
                          text_encoder="openai/clip-vit-base-patch16", text_max_length=77,
                          beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="epsilon"),
-        # Demo: our structure (diffusers VQModel + UNet2DConditionModel) at tiny size, 32x32 pixels -> 16x16x4
-        # latents (/2: small Shapes objects survive the VQ round trip), cross-attention in every block,
-        # v-prediction + cosine schedule as for the pixel demo. The time-embedding and output widths only matter
-        # for architecture="report" (train_vqvae.py --architecture report: the same sizes in the report's structure).
-        tiny_config=dict(image_size=32, architecture="diffusers", num_vq_embeddings=256, latent_channels=4, downsample=2,
-                         vq_block_out_channels=(32, 64), vq_layers_per_block=1, vq_norm_num_groups=16,
+        # Demo: the report's VQ-VAE and UNet at tiny size, 32x32 pixels -> 16x16x4 latents (/2: small Shapes
+        # objects survive the VQ round trip), cross-attention in every layer, v-prediction + cosine schedule as
+        # for the pixel demo.
+        tiny_config=dict(image_size=32, architecture="report", num_vq_embeddings=256, latent_channels=4, downsample=2,
+                         vq_block_out_channels=(32, 64), vq_layers_per_block=1, vq_norm_num_groups=16, vq_num_heads=4,
                          unet_block_out_channels=(32, 64, 64), unet_layers_per_block=1, unet_attention_head_dim=4,
                          unet_norm_num_groups=8, unet_time_embedding_dim=128, unet_conv_out_channels=32,
                          cross_attention_dim=64, text_encoder="tiny-clip-text-shapes",

@@ -233,7 +233,8 @@ REFERENCE_PICTURES = {
     "sdxl-lora": "3840079756c27f1e3d26ffb3466a898e1255c0793491c960aa587ef9935c97ff",
     "infinity-2b": "cacfd9ef9d256457a7cf2277fa92ad7bc88bce39bdc59570ba2308934abada24",
     "pixel-diffusion": "d27c5fe39f6acc693518ad72e1af76a23016e04494b2b69049461aa253ab5024",
-    "latent-diffusion": "841349c20591f5b62ebb196f8d56882d64806d289762d7cc7cf34f62385a2a2e",
+    # Re-recorded when the latent demo was retrained on the report's VQ-VAE and UNet (a new model, new picture).
+    "latent-diffusion": "63c176565ade3d4c1c9a072db929b642c4cee94e9537142a927e4d33fa16d934",
 }
 # The same, for the captions of EXAMPLE_IMAGE with every decoding option at its default.
 REFERENCE_CAPTIONS = {
@@ -249,14 +250,26 @@ def test_every_model_has_a_reference():
     assert set(REFERENCE_PICTURES) == set(GENERATOR_IDS) and set(REFERENCE_CAPTIONS) == set(CAPTIONER_IDS)
 
 
+@pytest.fixture
+def one_thread():
+    """The references were recorded on one CPU thread: a matmul split over more threads may sum in another order
+    and change a last bit, which a hash sees."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("model_id", GENERATOR_IDS)
-def test_shipped_demo_generator_draws_its_reference_picture(model_id):
+def test_shipped_demo_generator_draws_its_reference_picture(model_id, one_thread):
     picture = np.asarray(load(model_id).generate(PROMPT, seed=1234, preset="fast").image)
     assert hashlib.sha256(picture.tobytes()).hexdigest() == REFERENCE_PICTURES[model_id]
 
 
 @pytest.mark.parametrize("model_id", CAPTIONER_IDS)
-def test_shipped_demo_captioner_writes_its_reference_caption(model_id):
+def test_shipped_demo_captioner_writes_its_reference_caption(model_id, one_thread):
     assert load(model_id).caption([Image.open(EXAMPLE_IMAGE)])[0].caption == REFERENCE_CAPTIONS[model_id]
 
 
