@@ -2,7 +2,8 @@
 
 * :func:`require_or_skip`: a missing prerequisite (the shared Flickr8k data, Chromium, PostgreSQL) skips a test on
   a developer's machine and says why, but FAILS it under CI (``CI`` set), where everything must be present.
-* ``app_server``: launches a Gradio app in-process on a port the server itself bound, yields its URL.
+* ``app_server``: launches a Gradio app in-process on a port the server itself bound, yields its URL;
+  ``browser_app_url``: the demo app served that way for a browser test module (``CHROMIUM``, ``CHROMIUM_ARGS``).
 * ``shapes_dataset``: builds (once per session and settings) a Shapes dataset in the Flickr8k layout.
 * ``fake_module``: puts a stand-in module into ``sys.modules`` (or makes an import fail) for one test.
 * :func:`load_script`: imports a ``train/`` or ``bench/`` script as a module from its file path.
@@ -103,6 +104,34 @@ def serve_app(demo: Any, **launch_kwargs: Any) -> Iterator[str]:
         yield demo.local_url
     finally:
         demo.close()
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+CHROMIUM = os.environ.get("MMDEMO_CHROMIUM", "/usr/bin/chromium")
+# A closed network refuses Chromium's background connections: switch them off.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser_app_url(app_server) -> Iterator[str]:
+    """The demo-profile app with its CSS, served for one browser test module (Chromium required)."""
+    import shutil
+
+    if not shutil.which(CHROMIUM):
+        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
+    import app
+
+    with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM, CHROMIUM_ARGS, require_or_skip
 
 from mmdemo.registry import REGISTRY
 

@@ -12,38 +12,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import GENERATOR_IDS, REGISTRY
 
-CHROMIUM = os.environ.get("MMDEMO_CHROMIUM", "/usr/bin/chromium")
-# This machine's closed network refuses Chromium's background connections: switch them off.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "screenshot_generate.png"
-
-
-@pytest.fixture(scope="module")
-def app_url(app_server):
-    if not shutil.which(CHROMIUM):
-        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
-    import app
-
-    with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
-        yield url
 
 
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)  # the page waits up to 240 s for five demo models on two busy cores
-def test_generate_in_a_real_browser(app_url, tmp_path):
+def test_generate_in_a_real_browser(browser_app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -51,7 +30,7 @@ def test_generate_in_a_real_browser(app_url, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             # "networkidle" never comes: the About tab's live numbers poll the server. Locators wait by themselves.
-            page.goto(app_url, wait_until="load")
+            page.goto(browser_app_url, wait_until="load")
             page.get_by_role("tab", name="Text → Image").click()
             prompt = page.get_by_label("Prompt", exact=True)
             prompt.fill("a large blue square at the top")

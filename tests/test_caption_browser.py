@@ -4,12 +4,10 @@ read the scored candidates, click a word and see its heatmap appear; clicking an
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import CAPTIONER_IDS, REGISTRY
 from mmdemo.service import load_examples
@@ -17,26 +15,17 @@ from mmdemo.service import load_examples
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-@pytest.fixture(scope="module")
-def app_url(app_server):
-    if not shutil.which(CHROMIUM):
-        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
-    import app
-    with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
-        yield url
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(300)
-def test_candidates_then_click_a_word_and_see_where_the_captioner_looked(app_url):
+def test_candidates_then_click_a_word_and_see_where_the_captioner_looked(browser_app_url):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.goto(app_url, wait_until="load")
+            page.goto(browser_app_url, wait_until="load")
             page.locator(".caption-input input[type=file]").set_input_files(str(load_examples()[0].path))
             expect(page.locator(".caption-input img").first).to_be_visible(timeout=30_000)
             # The default view is one caption per model: no candidates table until more are asked for.

@@ -6,33 +6,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
-from conftest import require_or_skip
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import GENERATOR_IDS, REGISTRY
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "screenshot_compare.png"
 
 
-@pytest.fixture(scope="module")
-def app_url(app_server):
-    if not shutil.which(CHROMIUM):
-        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
-    import app
-
-    with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
-        yield url
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-def test_a_deep_link_restores_and_runs_a_comparison_shown_in_the_slider(app_url):
+def test_a_deep_link_restores_and_runs_a_comparison_shown_in_the_slider(browser_app_url):
     from playwright.sync_api import expect, sync_playwright
 
     models = list(GENERATOR_IDS[3:5])  # two of the quicker demo models
@@ -48,7 +36,7 @@ def test_a_deep_link_restores_and_runs_a_comparison_shown_in_the_slider(app_url)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(app_url.rstrip("/") + "/?" + urlencode(query), wait_until="load")
+            page.goto(browser_app_url.rstrip("/") + "/?" + urlencode(query), wait_until="load")
             expect(page.get_by_label("Prompt", exact=True)).to_have_value(query["prompt"], timeout=60_000)
             expect(page.get_by_label("Seed", exact=True)).to_have_value("4242")
             for model_id in GENERATOR_IDS:
@@ -94,7 +82,7 @@ def test_a_deep_link_restores_and_runs_a_comparison_shown_in_the_slider(app_url)
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(300)
-def test_captions_table_keeps_every_column_in_view_and_small_pictures_are_enlarged(app_url):
+def test_captions_table_keeps_every_column_in_view_and_small_pictures_are_enlarged(browser_app_url):
     from playwright.sync_api import expect, sync_playwright
 
     from mmdemo.registry import CAPTIONER_IDS
@@ -104,7 +92,7 @@ def test_captions_table_keeps_every_column_in_view_and_small_pictures_are_enlarg
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(app_url, wait_until="load")
+            page.goto(browser_app_url, wait_until="load")
             page.locator(".caption-input input[type=file]").set_input_files(str(load_examples()[0].path))
             picture = page.locator(".caption-input img").first
             expect(picture).to_be_visible(timeout=30_000)

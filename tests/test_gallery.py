@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CHROMIUM, CHROMIUM_ARGS, require_or_skip
 from PIL import Image
 
 from mmdemo.data.shapes import render_scene, sample_single_object_prompts
 from mmdemo.eval.gallery import GalleryCell, write_gallery
 from mmdemo.registry import GENERATOR_IDS
-
-CHROMIUM = os.environ.get("MMDEMO_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def _cells(tmp_path) -> list[GalleryCell]:
@@ -81,8 +78,8 @@ def test_fid_kid_tell_real_looking_from_noise():
 
 @pytest.mark.slow
 def test_gallery_of_the_five_demo_generators_in_a_browser(tmp_path, monkeypatch):
-    if not shutil.which(CHROMIUM) and not os.environ.get("CI"):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
+    if not shutil.which(CHROMIUM):
+        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
     from _diffusion_helpers import load_script
     from playwright.sync_api import sync_playwright
 

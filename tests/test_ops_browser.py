@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
-from conftest import require_or_skip
-from test_browser import CHROMIUM, CHROMIUM_ARGS
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import REGISTRY
 from mmdemo.ui.ops import STATS_REFRESH_SECONDS
 
 
-@pytest.fixture(scope="module")
-def app_url(app_server):
-    if not shutil.which(CHROMIUM):
-        require_or_skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MMDEMO_CHROMIUM)")
-    import app
-
-    with app_server(app.create_demo("demo"), css=app.APP_CSS) as url:
-        yield url
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(300)
-def test_about_tab_shows_runs_made_after_the_page_loaded(app_url):
+def test_about_tab_shows_runs_made_after_the_page_loaded(browser_app_url):
     from gradio_client import Client
     from playwright.sync_api import expect, sync_playwright
 
@@ -34,13 +21,13 @@ def test_about_tab_shows_runs_made_after_the_page_loaded(app_url):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(app_url, wait_until="load")
+            page.goto(browser_app_url, wait_until="load")
             page.get_by_role("tab", name="About").click()
             expect(page.get_by_text("Live: model runs since the app started")).to_be_visible(timeout=60_000)
             # accessible rows of the live table only (Gradio also keeps hidden ones; other tables name models too)
             rows = page.locator("#live-stats").get_by_role("row").filter(has_text=name)
             expect(rows).to_have_count(0)  # nothing has run yet
-            Client(app_url, verbose=False, download_files=False).predict(
+            Client(browser_app_url, verbose=False, download_files=False).predict(
                 "a red circle", ["infinity-2b"], 3, "fast", "", "{}", api_name="/generate"
             )
             row = rows.first

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, app_url  # noqa: F401 - the demo app served for Chromium
+from conftest import CHROMIUM, CHROMIUM_ARGS
 
 from mmdemo.registry import GENERATOR_IDS, REGISTRY
 
@@ -46,14 +46,14 @@ WATCH_CAPTIONS = """() => {
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-def test_pressing_generate_shows_each_picture_forming_before_the_final_one(app_url):  # noqa: F811
+def test_pressing_generate_shows_each_picture_forming_before_the_final_one(browser_app_url):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            page.goto(app_url, wait_until="load")
+            page.goto(browser_app_url, wait_until="load")
             page.get_by_role("tab", name="Text → Image").click()
             expect(page.locator("#live-previews input")).to_be_checked(timeout=60_000)  # ticked by the page
             page.get_by_label("Prompt", exact=True).fill("a large blue square at the top")
